@@ -1,0 +1,249 @@
+"""The `cryoinverse` command line: thin wrappers over the library functions.
+
+Every user error (`CryoinverseError`) is printed as `Error: ...` without a traceback, exit 1.
+Plugins add commands through the `register_commands(cli)` hook.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from pathlib import Path
+
+import attrs
+import click
+
+from . import __version__
+from .errors import CryoinverseError, DataError
+from .params import help_of
+from .plugins import get_plugin_manager, plugin_infos
+from .progress import bar, silent
+from .registry import KINDS, get_registry
+from .typecheck import type_name
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CryoinverseError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="cryoinverse")
+def cli() -> None:
+    """Cryo-EM / cryo-ET inverse problems with learned priors."""
+
+
+SET_HELP = "override a spec field, e.g. --set sampler.steps=50 (repeatable)"
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help=SET_HELP)
+@click.option("--overwrite", is_flag=True, help="replace existing output files")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+def run(task: Path, overrides: tuple[str, ...], overwrite: bool, quiet: bool) -> None:
+    """Run a task spec (TOML): restore, write the outputs and a JSON report."""
+    from .runner import run_task
+    from .specs import load_spec
+
+    spec = load_spec(task, overrides)
+    result = run_task(spec, overwrite=overwrite, progress=silent if quiet else bar)
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    _echo_metrics(result.report.get("metrics", {}))
+
+
+@cli.command()
+@click.argument("task", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE", help=SET_HELP)
+def validate(task: Path, overrides: tuple[str, ...]) -> None:
+    """Check a task spec (fields, files, boxes, voxel sizes) without running it."""
+    from .specs import load_spec
+
+    spec = load_spec(task, overrides)
+    ops = ", ".join(op.name for op in spec.operators) or "none"
+    click.echo(f"{task}: valid (prior {spec.prior.name}, operators {ops}, sampler {spec.sampler.name})")
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(KINDS))
+def list_(kind: str | None) -> None:
+    """List registered components (all kinds, or one KIND)."""
+    registry = get_registry()
+    for k in [kind] if kind else KINDS:
+        click.echo(f"{k}s:")
+        entries = registry.entries(k)
+        for e in entries:
+            click.echo(f"  {e.name:28s} {e.summary}  [{e.plugin}]")
+        if not entries:
+            click.echo("  (none)")
+
+
+@cli.command()
+@click.argument("name")
+def describe(name: str) -> None:
+    """Show a component's description and its spec fields (type, default, help)."""
+    registry = get_registry()
+    entries = registry.find(name)
+    if not entries:
+        known = ", ".join(e.name for e in registry.entries())
+        close = difflib.get_close_matches(name, [e.name for e in registry.entries()], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise click.ClickException(f"unknown component {name!r}.{hint} Known: {known}")
+    for e in entries:
+        click.echo(f"{e.kind} {e.name!r} ({e.cls.__module__}.{e.cls.__qualname__}, plugin {e.plugin})")
+        click.echo(f"  {(e.cls.__doc__ or '').strip()}")
+        click.echo("  fields:")
+        for f in attrs.fields(e.cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            default = "required" if f.default is attrs.NOTHING else f"default {_show_default(f.default)}"
+            click.echo(f"    {f.name} ({type_name(f.type)}, {default}): {help_of(f)}")
+
+
+def _show_default(value) -> str:
+    if isinstance(value, attrs.Factory):
+        return repr(value.factory())
+    return repr(value)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, their distributions and the hooks they implement."""
+    infos = plugin_infos(get_plugin_manager())
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for info in infos:
+        origin = "built-in" if info["builtin"] else (info["distribution"] or "registered at run time")
+        click.echo(f"{info['name']} ({origin}): {', '.join(info['hooks'])}")
+
+
+@cli.command()
+@click.argument("map_a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("map_b", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="mask map (0..1) applied to both")
+@click.option("--voxel-size", type=float, help="voxel size in Angstrom, overriding the headers")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="write the curve as CSV")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG plot")
+def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, as_json: bool, csv_path: Path | None, plot_path: Path | None) -> None:
+    """FSC between two maps: AUC-FSC, resolution at 0.5 and 0.143 (Angstrom), fail flag."""
+    from .metrics import compare
+    from .mrc import read_volume
+    from .runner import write_fsc_csv, write_fsc_plot
+
+    a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
+    m = read_volume(mask, voxel_size) if mask else None
+    for other, path in ((b, map_b), *(((m, mask),) if m else ())):
+        if other.shape != a.shape:
+            raise DataError(f"{path}: shape {other.shape} differs from {map_a} {a.shape}")
+    if not a.is_cubic:
+        raise DataError(f"{map_a}: shape {a.shape} is not cubic; FSC needs cubic boxes")
+    if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
+        raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({map_a}) vs {b.voxel_size:g} A ({map_b}); pass --voxel-size")
+    result = compare(a, b, m).as_dict()
+    if csv_path:
+        write_fsc_csv(csv_path, {"ab": result})
+    if plot_path:
+        write_fsc_plot(plot_path, {f"{map_a.name} vs {map_b.name}": result})
+    if as_json:
+        from .runner import _finite
+
+        click.echo(json.dumps(_finite(result)))
+        return
+    _echo_metrics({f"{map_a.name} vs {map_b.name}": result})
+
+
+def _echo_metrics(metrics: dict) -> None:
+    if not metrics:
+        return
+    click.echo(f"{'map':32s} {'AUC-FSC':>8s} {'FSC0.5 A':>9s} {'FSC0.143 A':>10s} {'CC':>7s} {'RMSE':>9s} failed")
+    for name, m in metrics.items():
+        click.echo(
+            f"{name:32s} {m['auc']:8.4f} {m['resolution_0.5']:9.2f} {m['resolution_0.143']:10.2f} "
+            f"{m['correlation']:7.4f} {m['rmse']:9.4g} {'yes' if m['failed'] else 'no'}"
+        )
+
+
+@cli.command()
+@click.argument("clean", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--operator", "-k", "kind", required=True, help="registered operator name, e.g. spectral-noise")
+@click.option("--param", "-p", "params", multiple=True, metavar="FIELD=VALUE", help="operator field (repeatable), e.g. -p noise_variance=0.01")
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the noise")
+@click.option("--voxel-size", type=float, help="voxel size in Angstrom, overriding the header")
+@click.option("--overwrite", is_flag=True, help="replace an existing output")
+def degrade(clean: Path, output: Path, kind: str, params: tuple[str, ...], seed: int, voxel_size: float | None, overwrite: bool) -> None:
+    """Apply an operator's simulate() to a clean map: how benchmark inputs are made."""
+    import torch
+
+    from .components import PrepareContext
+    from .mrc import read_volume, write_volume
+    from .runner import check_outputs
+    from .specs import build_component, parse_override
+    from .errors import SpecError
+
+    check_outputs([output], overwrite)
+    table: dict = {"kind": kind}
+    for text in params:
+        keys, value = parse_override(text)
+        table[".".join(keys)] = value
+    op, problems = build_component("operator", table, "operator", None, get_registry())
+    if problems:
+        raise SpecError(problems)
+    volume = read_volume(clean, voxel_size)
+    if hasattr(op, "prepare"):
+        op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
+    generator = torch.Generator().manual_seed(seed)
+    degraded = op.simulate(volume.data, generator)
+    write_volume(output, volume.with_data(degraded), overwrite=overwrite)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True, help="folder for reference, degraded, restored maps and report.json")
+@click.option("--resolution", type=float, default=6.0, show_default=True, help="FSC-0.5 resolution (A) of the degraded map")
+@click.option("--steps", type=int, default=100, show_default=True, help="sampler steps")
+@click.option("--samples", type=int, default=4, show_default=True, help="posterior samples averaged into the restored map")
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--overwrite", is_flag=True, help="replace existing files in --out-dir")
+def demo(out_dir: Path, resolution: float, steps: int, samples: int, seed: int, device: str, overwrite: bool) -> None:
+    """Degrade the bundled map with spectral noise, restore it with the gaussian prior, compare."""
+    from .demo import run_demo
+
+    try:
+        report = run_demo(out_dir, resolution, steps, samples, seed, device, overwrite, progress=bar)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--resolution") from None
+    for name in ("reference", "degraded", "restored"):
+        click.echo(f"wrote {out_dir / (name + '.mrc')}")
+    click.echo(f"wrote {out_dir / 'report.json'}")
+    metrics = report["metrics"]
+    _echo_metrics({"degraded vs reference": metrics["observation"], "restored vs reference": metrics["restored"]})
+    click.echo(
+        "FSC is blind to per-shell filtering: the gaussian prior's posterior mean is a Wiener filter,\n"
+        "so it improves correlation and RMSE while FSC stays (a finite sample mean lowers it slightly)."
+    )
+
+
+def build_cli() -> click.Group:
+    """The CLI group with the commands of every plugin added."""
+    get_plugin_manager().hook.register_commands(cli=cli)
+    return cli
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        group = build_cli()
+    except CryoinverseError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    group()

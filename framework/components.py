@@ -1,0 +1,146 @@
+"""The protocols of the four component kinds, and the objects passed between them.
+
+Every component is an attrs class registered under a kebab-case `name`; its attrs fields are
+the parameters a task spec may set. Tensors are batched (B, z, y, x); flow time t is a float in
+[0, 1] with t = 0 Gaussian noise and t = 1 data, x_t = t x1 + (1 - t) x0 (CryoFM, this project's
+direction). Priors work in their own normalised units; operators and likelihoods in density
+units; samplers convert with `prior.denormalize` at the boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Protocol, runtime_checkable
+
+import attrs
+import torch
+
+from .fourier import fftn
+from .volume import Volume
+
+Progress = Callable[[int], None]
+"""Called with the number of steps just completed; samplers call it once per step."""
+
+
+def no_progress(_: int) -> None:
+    """A progress callback that shows nothing."""
+
+
+@attrs.define
+class PrepareContext:
+    """What a component may look at before work starts (its `prepare(ctx)` hook)."""
+
+    shape: tuple[int, int, int]
+    voxel_size: float
+    device: torch.device
+    observation: Volume | None = None
+    operators: list = attrs.Factory(list)
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A distribution of clean maps, given as a flow velocity field."""
+
+    name: ClassVar[str]
+
+    def velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """Velocity v(x_t, t) on a batch (B, z, y, x) in the prior's units."""
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Density units -> the prior's units."""
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The prior's units -> density units."""
+
+
+@runtime_checkable
+class Operator(Protocol):
+    """A degradation y = A x + n with its noise model."""
+
+    name: ClassVar[str]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A x (noise-free) on a batch."""
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x) up to a constant, one value per batch element; differentiable in x."""
+
+    def simulate(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random observation A x + n."""
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Turns a prior (and a likelihood) into maps."""
+
+    name: ClassVar[str]
+
+    def run(
+        self,
+        prior: Prior,
+        likelihood: "Likelihood | None",
+        init: torch.Tensor,
+        generator: torch.Generator | None = None,
+        progress: Progress = no_progress,
+    ) -> torch.Tensor:
+        """Integrate from the noise `init` (B, z, y, x, prior units) to maps in density units."""
+
+
+@runtime_checkable
+class Poser(Protocol):
+    """Estimates the poses of particle images."""
+
+    name: ClassVar[str]
+
+
+@attrs.frozen
+class GaussianConditional:
+    """x1 | x_t for a Gaussian prior: per-coefficient Fourier-diagonal quantities (n, n, n).
+
+    `mean` is E[x1 | x_t] in real space (B, z, y, x); `var` is Var[x1 | x_t] per Fourier
+    coefficient; `gain_per_t` is (d E[x1 | x_t] / d x_t) / t, Fourier-diagonal, finite at t = 0.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    gain_per_t: torch.Tensor
+
+
+@attrs.define
+class Observation:
+    """One observed map `y` (density units) and the operator that produced it."""
+
+    operator: Operator
+    data: torch.Tensor
+
+
+@attrs.define
+class Likelihood:
+    """The product of the likelihoods of independent observations of one map."""
+
+    observations: list[Observation]
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the observations' log-likelihoods, one value per batch element."""
+        return sum(obs.operator.log_likelihood(x, obs.data) for obs in self.observations)
+
+    def fourier_information(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(I, z): Fourier-diagonal information sum_j a_j^2 / N_j and statistic sum_j a_j F(y_j) / N_j.
+
+        Available when every operator has `fourier_diagonal(n)` -> (a, N): F(A x) = a F(x) and
+        noise power N per coefficient. Together they are the sufficient statistics of a
+        linear-Gaussian likelihood, so several observations combine exactly.
+        """
+        info, stat = None, None
+        for obs in self.observations:
+            diag = getattr(obs.operator, "fourier_diagonal", None)
+            if diag is None:
+                return None
+            n = obs.data.shape[-1]
+            a, noise = diag(n)
+            a = a.to(obs.data.device, torch.float64)
+            noise = noise.to(obs.data.device, torch.float64)
+            precision = torch.where(a != 0, a.square() / noise, torch.zeros_like(a))
+            term = torch.where(a != 0, a / noise, torch.zeros_like(a)) * fftn(obs.data.to(torch.float64))
+            info = precision if info is None else info + precision
+            stat = term if stat is None else stat + term
+        return info, stat

@@ -1,0 +1,85 @@
+"""The plugin manager: built-in plugins first, then entry points of the group `cryoinverse`.
+
+`CRYOINVERSE_LOAD_PLUGINS` (comma-separated entry-point names) restricts which third-party
+plugins load; set it to an empty string to load none (built-ins always load). This is the way
+out when a broken plugin breaks start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pluggy
+
+from . import hookspecs
+from .errors import RegistryError
+
+ENTRY_POINT_GROUP = "cryoinverse"
+
+DEFAULT_PLUGINS = (
+    "cryoinverse.priors.gaussian",
+    "cryoinverse.operators.spectral_noise",
+    "cryoinverse.samplers.prior",
+    "cryoinverse.samplers.flow_posterior_euler",
+)
+
+_manager: pluggy.PluginManager | None = None
+
+
+def new_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A fresh manager with the hook specs, the built-in plugins and (optionally) entry points."""
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entrypoints:
+        _load_entrypoints(pm)
+    try:
+        pm.check_pending()  # a misspelt hook name fails here, not silently
+    except pluggy.PluginValidationError as exc:
+        raise RegistryError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+    return pm
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    wanted = os.environ.get("CRYOINVERSE_LOAD_PLUGINS")
+    try:
+        if wanted is None:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            return
+        for name in filter(None, (n.strip() for n in wanted.split(","))):
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise RegistryError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+    except Exception as exc:
+        raise RegistryError(
+            f"a plugin of entry-point group '{ENTRY_POINT_GROUP}' failed to load: {exc!r}; "
+            "set CRYOINVERSE_LOAD_PLUGINS to the names to load ('' for none) to start without it"
+        ) from exc
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created on first use."""
+    global _manager
+    if _manager is None:
+        _manager = new_plugin_manager()
+    return _manager
+
+
+def plugin_infos(pm: pluggy.PluginManager | None = None) -> list[dict]:
+    """Name, distribution (if any) and implemented hooks of every registered plugin."""
+    pm = pm or get_plugin_manager()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        dist = dists.get(id(plugin))
+        infos.append(
+            {
+                "name": name,
+                "builtin": name in DEFAULT_PLUGINS,
+                "distribution": f"{dist.project_name} {dist.version}" if dist else None,
+                "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+            }
+        )
+    return infos

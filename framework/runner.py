@@ -1,0 +1,227 @@
+"""Running a task: build, prepare, sample, write outputs and the JSON report.
+
+Nothing is overwritten without `overwrite=True` (checked before any work), and every file is
+written atomically, so an interrupted run leaves no partial file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from . import __version__
+from .components import Likelihood, Observation, PrepareContext
+from .errors import DataError, SpecError
+from .metrics import compare
+from .mrc import atomic_path, read_volume, write_volume
+from .progress import ProgressFactory, silent
+from .specs import TaskSpec, check_structure, spec_to_dict, validate_files
+from .volume import Volume
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; otherwise the named device (which must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"device = {name!r}, but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@attrs.define
+class RunResult:
+    """What a task produced: the map (mean over samples), its std map, the report, and written files."""
+
+    volume: Volume
+    std: Volume | None
+    report: dict
+    written: list[Path]
+
+
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, to replace existing outputs unless `overwrite`."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"output exists: {', '.join(existing)}; use --overwrite to replace")
+
+
+def _load(path: Path | None, voxel_size: float | None) -> Volume | None:
+    return None if path is None else read_volume(path, voxel_size)
+
+
+def _call_prepare(component: Any, ctx: PrepareContext) -> None:
+    prepare = getattr(component, "prepare", None)
+    if prepare is not None:
+        prepare(ctx)
+
+
+def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None) -> RunResult:
+    """Run `spec` in memory (no files written); `observation` overrides inputs.observation."""
+    check_structure(spec)
+    validate_files(spec)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    device = resolve_device(spec.device)
+    vs = spec.inputs.voxel_size
+    if observation is None:
+        observation = _load(spec.inputs.observation, vs)
+    reference = _load(spec.inputs.reference, vs)
+    mask = _load(spec.inputs.mask, vs)
+    geometry = observation or reference
+    shape = geometry.shape if geometry else (spec.inputs.box,) * 3
+    voxel_size = geometry.voxel_size if geometry else (vs or 1.0)
+    ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
+    for op in spec.operators:
+        _call_prepare(op, ctx)
+    if observation is None:
+        for op in spec.operators:
+            default = getattr(op, "default_observation", lambda: None)()
+            if default is not None:
+                observation = default
+                break
+        ctx.observation = observation
+        if observation is not None:
+            shape, voxel_size = observation.shape, observation.voxel_size
+            ctx.shape, ctx.voxel_size = shape, voxel_size
+    _call_prepare(spec.prior, ctx)
+    _call_prepare(spec.sampler, ctx)
+    likelihood = None
+    if spec.operators:
+        if observation is None:
+            raise SpecError("[inputs] observation: missing; the operator needs an observed map")
+        y = observation.data.to(device)
+        likelihood = Likelihood([Observation(op, y) for op in spec.operators])
+    timings["load_and_prepare_s"] = time.perf_counter() - t0
+
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    init = torch.randn((spec.samples, *shape), generator=generator, device=device, dtype=torch.float32)
+    steps = getattr(spec.sampler, "steps", 1)
+    t1 = time.perf_counter()
+    with progress(steps, f"{spec.sampler.name}") as update:
+        maps = spec.sampler.run(spec.prior, likelihood, init, generator=generator, progress=update)
+    timings["sample_s"] = time.perf_counter() - t1
+    maps = maps.detach().to("cpu", torch.float32)
+    if not torch.isfinite(maps).all():
+        raise DataError("sampling diverged (NaN or infinite values); lower sampler.lam_base or raise sampler.steps")
+    like = geometry or observation
+    origin = like.origin if like is not None else (0.0, 0.0, 0.0)
+    mean = Volume(maps.mean(dim=0), voxel_size, origin)
+    std = Volume(maps.std(dim=0), voxel_size, origin) if spec.samples > 1 else None
+
+    report: dict[str, Any] = {
+        "cryoinverse": __version__,
+        "task": spec_to_dict(spec),
+        "source": str(spec.source) if spec.source else None,
+        "seed": spec.seed,
+        "device": str(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "timings": timings,
+    }
+    if spec.samples > 1:
+        report["samples"] = {"count": spec.samples, "mean_fsc_auc_between_samples": _mean_pairwise_auc(maps)}
+    if reference is not None:
+        report["metrics"] = {"restored": compare(mean, reference, mask).as_dict()}
+        if observation is not None:
+            report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
+    return RunResult(volume=mean, std=std, report=report, written=[])
+
+
+def _mean_pairwise_auc(maps: torch.Tensor) -> float:
+    from .metrics import auc_fsc, fsc
+
+    values = [auc_fsc(fsc(maps[i], maps[j])) for i in range(len(maps)) for j in range(i + 1, len(maps))]
+    return float(np.mean(values))
+
+
+def run_task(spec: TaskSpec, overwrite: bool = False, progress: ProgressFactory = silent) -> RunResult:
+    """Run `spec` and write what `[outputs]` names plus the JSON report."""
+    outputs = spec.outputs
+    check_outputs(outputs.paths(), overwrite)
+    result = execute(spec, progress)
+    written = [write_volume(outputs.map, result.volume)]
+    if outputs.std is not None and result.std is not None:
+        written.append(write_volume(outputs.std, result.std))
+    metrics = result.report.get("metrics", {}).get("restored")
+    if metrics is not None and outputs.fsc_csv is not None:
+        written.append(write_fsc_csv(outputs.fsc_csv, {"restored": metrics, **_others(result.report)}))
+    if metrics is not None and outputs.fsc_plot is not None:
+        written.append(write_fsc_plot(outputs.fsc_plot, {"restored": metrics, **_others(result.report)}))
+    result.report["outputs"] = [str(p) for p in written] + [str(outputs.report_path)]
+    written.append(write_json(outputs.report_path, result.report))
+    result.written = written
+    return result
+
+
+def _others(report: dict) -> dict:
+    return {k: v for k, v in report.get("metrics", {}).items() if k != "restored"}
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write JSON atomically; non-finite numbers become null (JSON has no infinity)."""
+    text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    return Path(path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_fsc_csv(path: Path, curves: dict[str, dict]) -> Path:
+    """CSV with columns shell, resolution_A, then one FSC column per named curve."""
+    names = list(curves)
+    rows = zip(*[curves[n]["curve"] for n in names])
+    lines = ["shell,resolution_A," + ",".join(f"fsc_{n}" for n in names)]
+    for shell, points in enumerate(rows, start=1):
+        lines.append(f"{shell},{points[0][0]:.4f}," + ",".join(f"{p[1]:.6f}" for p in points))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def write_fsc_plot(path: Path, curves: dict[str, dict]) -> Path:
+    """PNG plot of FSC against spatial frequency, with the 0.5 and 0.143 thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, metrics in curves.items():
+        res = np.array([p[0] for p in metrics["curve"]])
+        ax.plot(1.0 / res, [p[1] for p in metrics["curve"]], label=f"{name} (AUC {metrics['auc']:.3f})")
+    for level in (0.5, 0.143):
+        ax.axhline(level, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)

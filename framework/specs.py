@@ -1,0 +1,376 @@
+"""Task specs: TOML -> attrs objects, validated before any work.
+
+A task file has component sections `[prior]`, `[operator]` (or `[[operators]]`), `[sampler]`,
+optionally `[poser]`, each with `kind = "<registered name>"` plus that component's own fields
+(the attrs fields of the registered class), and plain sections `[inputs]` and `[outputs]`, and
+top-level `seed`, `device` and `samples`. Relative paths are relative to the task file's folder.
+Every problem found is reported at once, each naming file, section and field.
+
+The same objects compose in Python without TOML:
+    TaskSpec(prior=GaussianPrior(), operators=[SpectralNoise(noise_variance=0.1)],
+             sampler=FlowPosteriorEuler(), inputs=Inputs(observation=Path("map.mrc")))
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import CryoinverseError, DataError, RegistryError, SpecError
+from .mrc import read_header
+from .params import help_of, param, positive
+from .registry import Registry, get_registry
+from .typecheck import convert
+
+COMPONENT_SECTIONS = ("prior", "operator", "sampler", "poser")
+
+
+def _device(instance, attribute, value: str) -> None:
+    if value not in ("auto", "cpu") and not value.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {value!r}")
+
+
+@attrs.frozen
+class Inputs:
+    """Input maps of a task."""
+
+    observation: Path | None = param(None, help="the observed (degraded) map to restore", is_map=True)
+    reference: Path | None = param(None, help="clean reference map: metrics against it go in the report", is_map=True)
+    mask: Path | None = param(None, help="mask (0..1) applied to both maps for the reported FSC", is_map=True)
+    voxel_size: float | None = param(None, help="voxel size in Angstrom, overriding the maps' headers", validator=positive)
+    box: int | None = param(None, help="box edge in voxels when no map gives it (prior sampling)", validator=positive)
+
+
+@attrs.frozen
+class Outputs:
+    """Files a task writes; the report defaults to the map's name with .json."""
+
+    map: Path = param(Path("restored.mrc"), help="the restored map (the mean when samples > 1)")
+    report: Path | None = param(None, help="JSON report (default: beside the map, same name, .json)")
+    std: Path | None = param(None, help="per-voxel standard deviation over samples (needs samples > 1)")
+    fsc_plot: Path | None = param(None, help="PNG plot of FSC against the reference")
+    fsc_csv: Path | None = param(None, help="CSV of the FSC curve against the reference")
+
+    @property
+    def report_path(self) -> Path:
+        """Where the JSON report goes."""
+        return self.report if self.report is not None else self.map.with_suffix(".json")
+
+    def paths(self) -> list[Path]:
+        """Every file this task will write."""
+        extra = [self.std, self.fsc_plot, self.fsc_csv]
+        return [self.map, self.report_path, *[p for p in extra if p is not None]]
+
+
+@attrs.define
+class TaskSpec:
+    """A whole task: components, inputs, outputs and run settings."""
+
+    prior: Any = param(help="the prior component (an instance of a registered prior class)")
+    sampler: Any = param(help="the sampler component")
+    operators: list = param(factory=list, help="degradation operators, one per observation")
+    poser: Any = param(None, help="pose model, for observations with unknown poses")
+    inputs: Inputs = param(factory=Inputs, help="input maps")
+    outputs: Outputs = param(factory=Outputs, help="output files")
+    seed: int = param(0, help="random seed of the initial noise and of everything random")
+    device: str = param("auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'", validator=_device)
+    samples: int = param(1, help="number of posterior samples; their mean and std maps are written", validator=positive)
+    source: Path | None = attrs.field(default=None, metadata={"help": "the task file this spec came from"})
+
+    @property
+    def operator(self):
+        """The single operator of a one-observation task."""
+        return self.operators[0] if self.operators else None
+
+
+TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples"}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value); the value is read as TOML, else kept as a string."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected SECTION.FIELD=VALUE")
+    key, raw = text.split("=", 1)
+    keys = [k.strip() for k in key.strip().split(".") if k.strip()]
+    if not keys:
+        raise SpecError(f"--set {text!r}: empty field name")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `--set` overrides to a raw TOML dict (in place); returns it."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        table = raw
+        for k in keys[:-1]:
+            if k == "operator" and "operators" in raw and isinstance(raw["operators"], list) and len(raw["operators"]) == 1:
+                table = raw["operators"][0]
+                continue
+            table = table.setdefault(k, {})
+            if not isinstance(table, dict):
+                raise SpecError(f"--set {text!r}: {k!r} is not a section")
+        table[keys[-1]] = value
+    return raw
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] = (), registry: Registry | None = None) -> TaskSpec:
+    """Read, override, structure and validate a TOML task file (files and map headers included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: task file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    apply_overrides(raw, list(overrides))
+    spec = spec_from_dict(raw, source=path, registry=registry)
+    validate_files(spec)
+    return spec
+
+
+def _where(source: Path | None) -> str:
+    return f"{source}: " if source is not None else ""
+
+
+def _resolve(value: Any, base: Path | None) -> Any:
+    if base is None:
+        return value
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (base / value)
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+    """An instance of attrs class `cls` from a TOML table, with every problem as a message."""
+    where = _where(source)
+    problems: list[str] = []
+    attrs.resolve_types(cls)
+    fields = {f.name: f for f in attrs.fields(cls) if f.init and not f.name.startswith("_")}
+    kwargs: dict[str, Any] = {}
+    base = source.parent if source is not None else None
+    for key, value in table.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(fields) or "(none)"
+            problems.append(f"{where}[{section}] {key}: unknown field{hint} (fields: {known})")
+            continue
+        try:
+            kwargs[key] = _resolve(convert(value, fields[key].type), base)
+        except TypeError as exc:
+            problems.append(f"{where}[{section}] {key}: {exc} ({help_of(fields[key])})")
+    missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs and n not in skip]
+    for name in missing:
+        problems.append(f"{where}[{section}] {name}: missing ({help_of(fields[name])})")
+    if problems:
+        return None, problems
+    try:
+        return cls(**kwargs), []
+    except (ValueError, TypeError, CryoinverseError) as exc:
+        return None, [f"{where}[{section}] {exc}"]
+
+
+def build_component(kind: str, table: Any, section: str, source: Path | None, registry: Registry) -> tuple[Any, list[str]]:
+    """A registered component from its TOML table (`kind` plus fields)."""
+    where = _where(source)
+    if not isinstance(table, dict):
+        return None, [f"{where}[{section}]: must be a table with kind = \"<name>\""]
+    name = table.get("kind")
+    if name is None:
+        return None, [f"{where}[{section}] kind: missing; known {kind}s: {', '.join(registry.names(kind))}"]
+    if not isinstance(name, str):
+        return None, [f"{where}[{section}] kind: expected a string, got {name!r}"]
+    try:
+        cls = registry.get(kind, name)
+    except RegistryError as exc:
+        return None, [f"{where}[{section}] kind: {exc}"]
+    return build_attrs(cls, table, section, source, skip=("kind",))
+
+
+def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | None = None) -> TaskSpec:
+    """Structure a raw task dict into a `TaskSpec`; raises `SpecError` listing every problem."""
+    registry = registry or get_registry()
+    where = _where(source)
+    problems: list[str] = []
+    for key in raw:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(key, sorted(TOP_LEVEL), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{where}[{key}]: unknown section{hint} (sections: {', '.join(sorted(TOP_LEVEL))})")
+    built: dict[str, Any] = {}
+    for section in ("prior", "sampler", "poser"):
+        if section in raw:
+            built[section], errs = build_component(section, raw[section], section, source, registry)
+            problems += errs
+        elif section != "poser":
+            problems.append(f"{where}[{section}]: missing section (known {section}s: {', '.join(registry.names(section))})")
+    if "operator" in raw and "operators" in raw:
+        problems.append(f"{where}[operator]: give either [operator] or [[operators]], not both")
+    tables = raw.get("operators", [raw["operator"]] if "operator" in raw else [])
+    if not isinstance(tables, list):
+        tables = [tables]
+    operators = []
+    for i, table in enumerate(tables):
+        section = "operator" if "operator" in raw else f"operators.{i}"
+        op, errs = build_component("operator", table, section, source, registry)
+        problems += errs
+        operators.append(op)
+    for section, cls in (("inputs", Inputs), ("outputs", Outputs)):
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"{where}[{section}]: must be a table")
+            continue
+        built[section], errs = build_attrs(cls, table, section, source)
+        problems += errs
+    settings = {k: raw[k] for k in ("seed", "device", "samples") if k in raw}
+    top, errs = build_attrs(_Settings, settings, "task", source)
+    problems += errs
+    if problems:
+        raise SpecError(problems)
+    spec = TaskSpec(
+        prior=built["prior"],
+        sampler=built["sampler"],
+        operators=operators,
+        poser=built.get("poser"),
+        inputs=built["inputs"],
+        outputs=built["outputs"],
+        seed=top.seed,
+        device=top.device,
+        samples=top.samples,
+        source=source,
+    )
+    if source is not None:
+        spec.outputs = attrs.evolve(
+            spec.outputs, **{f.name: _resolve(getattr(spec.outputs, f.name), source.parent) for f in attrs.fields(Outputs)}
+        )
+    check_structure(spec)
+    return spec
+
+
+@attrs.frozen
+class _Settings:
+    seed: int = param(0, help="random seed")
+    device: str = param("auto", help="'auto', 'cpu' or 'cuda[:N]'", validator=_device)
+    samples: int = param(1, help="number of posterior samples", validator=positive)
+
+
+def _needs_observation(spec: TaskSpec) -> bool:
+    return bool(spec.operators)
+
+
+def _supplies_observation(op: Any) -> bool:
+    return any(getattr(op, f, None) is not None for f in getattr(op, "observation_fields", ("half_maps",)))
+
+
+def check_structure(spec: TaskSpec) -> None:
+    """Cross-section checks that need no files: an observation where operators need one, etc."""
+    where = _where(spec.source)
+    problems = []
+    if _needs_observation(spec) and spec.inputs.observation is None and not any(map(_supplies_observation, spec.operators)):
+        problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
+    if spec.outputs.std is not None and spec.samples < 2:
+        problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
+    if problems:
+        raise SpecError(problems)
+
+
+def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
+    """(section, field, path) of every map path set in the spec, components included."""
+    found = []
+    named = [("inputs", spec.inputs), ("prior", spec.prior), ("sampler", spec.sampler), ("poser", spec.poser)]
+    named += [("operator" if len(spec.operators) == 1 else f"operators.{i}", op) for i, op in enumerate(spec.operators)]
+    for section, obj in named:
+        if obj is None or not attrs.has(type(obj)):
+            continue
+        for f in attrs.fields(type(obj)):
+            value = getattr(obj, f.name)
+            if value is None or not f.metadata.get("map"):
+                continue
+            for p in value if isinstance(value, (list, tuple)) else [value]:
+                found.append((section, f.name, Path(p)))
+    return found
+
+
+def validate_files(spec: TaskSpec) -> list[tuple[str, str, "object"]]:
+    """Every map exists, is readable, cubic, and all agree in box and voxel size; returns headers."""
+    where = _where(spec.source)
+    problems: list[str] = []
+    headers = []
+    for section, field, path in map_fields(spec):
+        if not path.exists():
+            problems.append(f"{where}[{section}] {field}: file not found: {path}")
+            continue
+        try:
+            header = read_header(path, spec.inputs.voxel_size)
+        except DataError as exc:
+            problems.append(f"{where}[{section}] {field}: {exc}")
+            continue
+        if len(set(header.shape)) != 1:
+            z, y, x = header.shape
+            problems.append(f"{where}[{section}] {field}: {path.name} is {z}x{y}x{x} voxels; a cubic box is needed")
+            continue
+        headers.append((section, field, header))
+    if headers:
+        s0, f0, h0 = headers[0]
+        for section, field, h in headers[1:]:
+            if h.shape != h0.shape:
+                problems.append(
+                    f"{where}[{section}] {field}: box {h.shape[0]}^3 does not match [{s0}] {f0} ({h0.shape[0]}^3)"
+                )
+            elif abs(h.voxel_size - h0.voxel_size) > 1e-3 * h0.voxel_size:
+                problems.append(
+                    f"{where}[{section}] {field}: voxel size {h.voxel_size:g} A does not match "
+                    f"[{s0}] {f0} ({h0.voxel_size:g} A)"
+                )
+    if not headers and spec.inputs.box is None and getattr(spec.prior, "box", None) is None:
+        problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
+    if problems:
+        raise SpecError(problems)
+    return headers
+
+
+def spec_to_dict(spec: TaskSpec) -> dict:
+    """The resolved spec as a JSON/TOML-ready dict (the report records this)."""
+
+    def component(obj: Any) -> dict | None:
+        if obj is None:
+            return None
+        fields = {f.name: _plain(getattr(obj, f.name)) for f in attrs.fields(type(obj)) if f.init and not f.name.startswith("_")}
+        return {"kind": getattr(obj, "name", type(obj).__name__), **fields}
+
+    return {
+        "prior": component(spec.prior),
+        "operators": [component(op) for op in spec.operators],
+        "sampler": component(spec.sampler),
+        "poser": component(spec.poser),
+        "inputs": {f.name: _plain(getattr(spec.inputs, f.name)) for f in attrs.fields(Inputs)},
+        "outputs": {f.name: _plain(getattr(spec.outputs, f.name)) for f in attrs.fields(Outputs)},
+        "seed": spec.seed,
+        "device": spec.device,
+        "samples": spec.samples,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+

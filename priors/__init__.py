@@ -1,0 +1,1 @@
+"""Built-in prior plugins of cryoinverse; each module registers through the same hooks as a third-party plugin."""
