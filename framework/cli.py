@@ -222,7 +222,7 @@ def demo(out_dir: Path, resolution: float, steps: int, samples: int, seed: int, 
         report = run_demo(out_dir, resolution, steps, samples, seed, device, overwrite, progress=bar)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--resolution") from None
-    for name in ("reference", "degraded", "restored"):
+    for name in ("reference", "half1", "half2", "degraded", "restored"):
         click.echo(f"wrote {out_dir / (name + '.mrc')}")
     click.echo(f"wrote {out_dir / 'report.json'}")
     metrics = report["metrics"]

@@ -1,7 +1,7 @@
 """`cryoinverse demo`: degrade the bundled map with spectral noise, restore it, compare.
 
-The bundled map (`data/demo_3nbk.mrc`, see `data/README.md`) is degraded with white noise whose
-power makes the degraded map's FSC against the clean map cross 0.5 at `resolution` Angstrom
+The bundled map (`data/demo_3nbk.mrc`, see `data/README.md`) is degraded into two half maps
+whose average (the degraded map) has white noise of a power that makes the degraded map's FSC against the clean map cross 0.5 at `resolution` Angstrom
 (for y = x + n, FSC = sqrt(S / (S + N)) per shell, so N = 3 S at that shell). It is restored
 with the `gaussian` prior (signal spectrum estimated from the observation) and the exact-guidance
 flow posterior sampler; the mean of a few posterior samples is the restored map.
@@ -54,18 +54,23 @@ def run_demo(
     overwrite: bool = False,
     progress: ProgressFactory = silent,
 ) -> dict:
-    """Write reference.mrc, degraded.mrc, restored.mrc and report.json into `out_dir`; returns the report."""
+    """Write reference, half1, half2, degraded (their average), restored maps and report.json into `out_dir`."""
     out_dir = Path(out_dir)
-    paths = {name: out_dir / f"{name}.mrc" for name in ("reference", "degraded", "restored")}
+    paths = {name: out_dir / f"{name}.mrc" for name in ("reference", "degraded", "restored", "half1", "half2")}
     report_path = out_dir / "report.json"
     check_outputs([*paths.values(), report_path], overwrite)
     registry = get_registry()
     reference = demo_map()
     variance = noise_variance_for_resolution(reference, resolution)
     operator = registry.get("operator", "spectral-noise")(noise_variance=variance)
+    # Two half maps with twice the noise power; their average is the degraded (full) map.
+    half_operator = registry.get("operator", "spectral-noise")(noise_variance=2 * variance)
     generator = torch.Generator().manual_seed(seed)
-    degraded = reference.with_data(operator.simulate(reference.data, generator))
+    halves = [half_operator.simulate(reference.data, generator) for _ in range(2)]
+    degraded = reference.with_data(0.5 * (halves[0] + halves[1]))
     write_volume(paths["reference"], reference)
+    write_volume(paths["half1"], reference.with_data(halves[0]))
+    write_volume(paths["half2"], reference.with_data(halves[1]))
     write_volume(paths["degraded"], degraded)
     spec = TaskSpec(
         prior=registry.get("prior", "gaussian")(),

@@ -147,7 +147,7 @@ def _resolve(value: Any, base: Path | None) -> Any:
     if base is None:
         return value
     if isinstance(value, Path):
-        return value if value.is_absolute() else (base / value)
+        return value if value.is_absolute() else Path(os.path.normpath(base / value))
     if isinstance(value, list):
         return [_resolve(v, base) for v in value]
     return value
@@ -254,10 +254,6 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         samples=top.samples,
         source=source,
     )
-    if source is not None:
-        spec.outputs = attrs.evolve(
-            spec.outputs, **{f.name: _resolve(getattr(spec.outputs, f.name), source.parent) for f in attrs.fields(Outputs)}
-        )
     check_structure(spec)
     return spec
 
@@ -337,7 +333,7 @@ def validate_files(spec: TaskSpec) -> list[tuple[str, str, "object"]]:
                     f"{where}[{section}] {field}: voxel size {h.voxel_size:g} A does not match "
                     f"[{s0}] {f0} ({h0.voxel_size:g} A)"
                 )
-    if not headers and spec.inputs.box is None and getattr(spec.prior, "box", None) is None:
+    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None:
         problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
     if problems:
         raise SpecError(problems)

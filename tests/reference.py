@@ -1,0 +1,27 @@
+"""Independent float64 references built with dense matrices in numpy (small boxes only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def shells_np(n: int) -> np.ndarray:
+    k = np.fft.fftfreq(n)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    return np.round(np.sqrt(kz**2 + ky**2 + kx**2) * n).astype(int)
+
+
+def fourier_covariance(spectrum: np.ndarray, n: int) -> np.ndarray:
+    """Dense real-space covariance (n^3 x n^3) of a stationary field with per-shell power `spectrum`.
+
+    With the unitary DFT matrix W, C = W^H diag(P) W; built column by column from unit impulses.
+    """
+    p = spectrum[shells_np(n)]
+    size = n**3
+    cov = np.empty((size, size))
+    for j in range(size):
+        e = np.zeros(size)
+        e[j] = 1.0
+        f = np.fft.fftn(e.reshape(n, n, n), norm="ortho")
+        cov[:, j] = np.fft.ifftn(p * f, norm="ortho").real.reshape(-1)
+    return cov
