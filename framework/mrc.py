@@ -80,6 +80,19 @@ def _axis_permutation(mrc) -> tuple[int, int, int]:
     return tuple(stored.index(axis) for axis in (3, 2, 1))
 
 
+def _start_origin(mrc) -> np.ndarray:
+    """NCSTART/NRSTART/NSSTART (stored as nxstart/nystart/nzstart) as an (x, y, z) start in voxels."""
+    h = mrc.header
+    starts = (int(h.nxstart), int(h.nystart), int(h.nzstart))  # column, row, section starts (MRC2014)
+    axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    if sorted(axes) != [1, 2, 3]:
+        axes = (1, 2, 3)
+    xyz = np.zeros(3)
+    for start, axis in zip(starts, axes):
+        xyz[axis - 1] = start
+    return xyz
+
+
 def read_header(path: str | os.PathLike, voxel_size: float | None = None) -> MapHeader:
     """Shape (z, y, x) and voxel size of a map without reading its data."""
     path = Path(path)
@@ -112,7 +125,7 @@ def read_volume(path: str | os.PathLike, voxel_size: float | None = None) -> Vol
         h = mrc.header
         origin_xyz = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
         if not np.any(origin_xyz):
-            origin_xyz = np.array([int(h.nxstart), int(h.nystart), int(h.nzstart)], dtype=float) * vs
+            origin_xyz = _start_origin(mrc) * vs
     bad = ~np.isfinite(data)
     if bad.any():
         raise DataError(f"{path}: contains {int(bad.sum())} NaN or infinite values")

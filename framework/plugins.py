@@ -20,8 +20,11 @@ ENTRY_POINT_GROUP = "cryoinverse"
 DEFAULT_PLUGINS = (
     "cryoinverse.priors.gaussian",
     "cryoinverse.operators.spectral_noise",
+    "cryoinverse.operators.anisotropic_noise",
+    "cryoinverse.operators.missing_wedge",
     "cryoinverse.samplers.prior",
     "cryoinverse.samplers.flow_posterior_euler",
+    "cryoinverse.samplers.flow_posterior_pseudoinverse",
 )
 
 _manager: pluggy.PluginManager | None = None

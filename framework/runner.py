@@ -62,6 +62,16 @@ def _call_prepare(component: Any, ctx: PrepareContext) -> None:
         prepare(ctx)
 
 
+def _observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any:
+    """Operator `op`'s observation: read from `path` (by the operator's `load_observation` when it
+    has one, else as a map), or the operator's own `default_observation()` (e.g. from half maps)."""
+    if path is not None:
+        loader = getattr(op, "load_observation", None)
+        return loader(path, voxel_size) if loader is not None else read_volume(path, voxel_size)
+    default = getattr(op, "default_observation", None)
+    return default() if default is not None else None
+
+
 def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None) -> RunResult:
     """Run `spec` in memory (no files written); `observation` overrides inputs.observation."""
     check_structure(spec)
@@ -80,24 +90,33 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
     for op in spec.operators:
         _call_prepare(op, ctx)
-    if observation is None:
-        for op in spec.operators:
-            default = getattr(op, "default_observation", lambda: None)()
-            if default is not None:
-                observation = default
-                break
-        ctx.observation = observation
+    paths = spec.observation_paths()
+    observed = []
+    for i, op in enumerate(spec.operators):
+        y = observation if (i == 0 and observation is not None and paths[0] is None) else _observation_of(op, paths[i], vs)
+        if y is None:
+            raise SpecError(f"[operators.{i}] observation: missing; operator {op.name!r} needs an observation")
+        observed.append(y)
+    volumes = [y for y in observed if isinstance(y, Volume)]
+    if observation is None and volumes:
+        observation = volumes[0]
+    if geometry is None:
         if observation is not None:
             shape, voxel_size = observation.shape, observation.voxel_size
-            ctx.shape, ctx.voxel_size = shape, voxel_size
+        else:
+            for op in spec.operators:
+                found = getattr(op, "volume_geometry", lambda: None)()
+                if found is not None:
+                    shape, voxel_size = found
+                    break
+        if None in shape:
+            raise SpecError("[inputs] box: no map gives the box size; set inputs.box")
+    ctx.shape, ctx.voxel_size, ctx.observation = shape, voxel_size, observation
     _call_prepare(spec.prior, ctx)
     _call_prepare(spec.sampler, ctx)
     likelihood = None
     if spec.operators:
-        if observation is None:
-            raise SpecError("[inputs] observation: missing; the operator needs an observed map")
-        y = observation.data.to(device)
-        likelihood = Likelihood([Observation(op, y) for op in spec.operators])
+        likelihood = Likelihood([Observation(op, _to_device(y, device)) for op, y in zip(spec.operators, observed)])
     timings["load_and_prepare_s"] = time.perf_counter() - t0
 
     generator = torch.Generator(device=device).manual_seed(spec.seed)
@@ -128,9 +147,16 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         report["samples"] = {"count": spec.samples, "mean_fsc_auc_between_samples": _mean_pairwise_auc(maps)}
     if reference is not None:
         report["metrics"] = {"restored": compare(mean, reference, mask).as_dict()}
-        if observation is not None:
+        if observation is not None and observation.shape == reference.shape:
             report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
     return RunResult(volume=mean, std=std, report=report, written=[])
+
+
+def _to_device(y: Any, device: torch.device) -> Any:
+    if isinstance(y, Volume):
+        return y.data.to(device)
+    to = getattr(y, "to", None)
+    return to(device) if to is not None else y
 
 
 def _mean_pairwise_auc(maps: torch.Tensor) -> float:

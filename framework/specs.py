@@ -80,7 +80,15 @@ class TaskSpec:
     seed: int = param(0, help="random seed of the initial noise and of everything random")
     device: str = param("auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'", validator=_device)
     samples: int = param(1, help="number of posterior samples; their mean and std maps are written", validator=positive)
+    observations: list = param(factory=list, help="per-operator observation paths (None: inputs.observation or the operator's own)")
     source: Path | None = attrs.field(default=None, metadata={"help": "the task file this spec came from"})
+
+    def observation_paths(self) -> list[Path | None]:
+        """The observation path of each operator; a single operator falls back to inputs.observation."""
+        paths = list(self.observations) + [None] * (len(self.operators) - len(self.observations))
+        if len(self.operators) == 1 and paths[0] is None:
+            paths[0] = self.inputs.observation
+        return paths
 
     @property
     def operator(self):
@@ -174,6 +182,18 @@ def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip:
             kwargs[key] = _resolve(convert(value, fields[key].type), base)
         except TypeError as exc:
             problems.append(f"{where}[{section}] {key}: {exc} ({help_of(fields[key])})")
+    for name, f in fields.items():  # default paths are relative to the task file too
+        if name not in kwargs and name not in skip and isinstance(f.default, Path):
+            kwargs[name] = _resolve(f.default, base)
+    for key, value in kwargs.items():  # run every validator, so all problems are reported at once
+        validator = fields[key].validator
+        if validator is not None:
+            try:
+                validator(None, fields[key], value)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{where}[{section}] {exc}")
+            except Exception:  # a validator that needs the instance runs again at construction
+                pass
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs and n not in skip]
     for name in missing:
         problems.append(f"{where}[{section}] {name}: missing ({help_of(fields[name])})")
@@ -224,12 +244,21 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
     tables = raw.get("operators", [raw["operator"]] if "operator" in raw else [])
     if not isinstance(tables, list):
         tables = [tables]
-    operators = []
+    operators, observations = [], []
     for i, table in enumerate(tables):
         section = "operator" if "operator" in raw else f"operators.{i}"
+        path = None
+        if isinstance(table, dict) and "observation" in table:
+            table = dict(table)
+            value = table.pop("observation")
+            if isinstance(value, str):
+                path = _resolve(Path(value), source.parent if source else None)
+            else:
+                problems.append(f"{where}[{section}] observation: expected a path, got {value!r}")
         op, errs = build_component("operator", table, section, source, registry)
         problems += errs
         operators.append(op)
+        observations.append(path)
     for section, cls in (("inputs", Inputs), ("outputs", Outputs)):
         table = raw.get(section, {})
         if not isinstance(table, dict):
@@ -246,6 +275,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         prior=built["prior"],
         sampler=built["sampler"],
         operators=operators,
+        observations=observations,
         poser=built.get("poser"),
         inputs=built["inputs"],
         outputs=built["outputs"],
@@ -265,10 +295,6 @@ class _Settings:
     samples: int = param(1, help="number of posterior samples", validator=positive)
 
 
-def _needs_observation(spec: TaskSpec) -> bool:
-    return bool(spec.operators)
-
-
 def _supplies_observation(op: Any) -> bool:
     return any(getattr(op, f, None) is not None for f in getattr(op, "observation_fields", ("half_maps",)))
 
@@ -277,8 +303,13 @@ def check_structure(spec: TaskSpec) -> None:
     """Cross-section checks that need no files: an observation where operators need one, etc."""
     where = _where(spec.source)
     problems = []
-    if _needs_observation(spec) and spec.inputs.observation is None and not any(map(_supplies_observation, spec.operators)):
-        problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
+    paths = spec.observation_paths()
+    for i, op in enumerate(spec.operators):
+        if paths[i] is None and not _supplies_observation(op):
+            if len(spec.operators) == 1:
+                problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
+            else:
+                problems.append(f"{where}[operators.{i}] observation: missing; give observation = \"path\" in this operator's table")
     if spec.outputs.std is not None and spec.samples < 2:
         problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
     if problems:
@@ -299,6 +330,9 @@ def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
                 continue
             for p in value if isinstance(value, (list, tuple)) else [value]:
                 found.append((section, f.name, Path(p)))
+    for i, (op, path) in enumerate(zip(spec.operators, spec.observations)):
+        if path is not None and getattr(op, "observes", "volume") == "volume":
+            found.append(("operator" if len(spec.operators) == 1 else f"operators.{i}", "observation", Path(path)))
     return found
 
 

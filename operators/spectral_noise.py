@@ -89,9 +89,13 @@ class SpectralNoise:
             return spectrum_for_box(self.noise_power, n, "operator.noise_power").clamp(min=1e-30)
         raise SpecError("[operator] spectral-noise: give noise_power, noise_variance or half_maps")
 
+    def coefficient_noise_power(self, n: int) -> torch.Tensor:
+        """Noise power of every coefficient (n, n, n), float64."""
+        return expand_shells(self.shell_noise_power(n), n)
+
     def fourier_diagonal(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, N) per coefficient: identity forward, noise power N."""
-        noise = expand_shells(self.shell_noise_power(n), n)
+        noise = self.coefficient_noise_power(n)
         return torch.ones_like(noise), noise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,7 @@ class SpectralNoise:
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-1/2 sum_k |F(x - y)_k|^2 / N_k, one value per batch element."""
         n = x.shape[-1]
-        weight = (1.0 / expand_shells(self.shell_noise_power(n), n)).to(x.device, x.dtype)
+        weight = (1.0 / self.coefficient_noise_power(n)).to(x.device, x.dtype)
         residual = fftn(x - y)
         return -0.5 * (weight * residual.abs().square()).sum(dim=(-3, -2, -1))
 
@@ -109,7 +113,7 @@ class SpectralNoise:
         """x + n with n drawn from the noise spectrum."""
         n = x.shape[-1]
         white = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        amplitude = torch.sqrt(expand_shells(self.shell_noise_power(n), n)).to(x.device)
+        amplitude = torch.sqrt(self.coefficient_noise_power(n)).to(x.device)
         return (x.to(torch.float64) + ifftn(amplitude * fftn(white))).to(x.dtype)
 
 

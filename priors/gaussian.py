@@ -21,7 +21,7 @@ import torch
 
 from cryoinverse.components import GaussianConditional, PrepareContext
 from cryoinverse.errors import SpecError
-from cryoinverse.fourier import expand_shells, fftn, ifftn, n_shells, spectrum_for_box
+from cryoinverse.fourier import expand_shells, fftn, ifftn, n_shells, shell_average, spectrum_for_box
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
@@ -79,18 +79,24 @@ class GaussianPrior:
             centred = data if self._mean is None else data - self._mean
             self._spectrum = self._floored(radial_power(centred))
         elif ctx.observation is not None:
-            # Empirical Bayes: signal power = observed power - noise power, where operators know it.
             centred = ctx.observation.data if self._mean is None else ctx.observation.data - self._mean
-            observed = radial_power(centred)
-            noise = torch.zeros_like(observed)
-            for op in ctx.operators:
-                shell_noise = getattr(op, "shell_noise_power", None)
-                if shell_noise is not None:
-                    noise = shell_noise(n).to(observed)
-                    break
-            self._spectrum = self._floored(observed - noise)
+            self._spectrum = self._floored(self._signal_power(radial_power(centred), ctx, n))
         else:
             raise SpecError("[prior] gaussian: give power or power_from (there is no observation to estimate it from)")
+
+    @staticmethod
+    def _signal_power(observed: torch.Tensor, ctx: PrepareContext, n: int) -> torch.Tensor:
+        """Empirical Bayes: for a Fourier-diagonal operator (a, N), E|F y|^2 = a^2 S + N on measured
+        coefficients, so S_r = (P_r - <N [a != 0]>_r) / <a^2>_r; otherwise S = P."""
+        for op in ctx.operators:
+            diag = getattr(op, "fourier_diagonal", None)
+            if diag is None:
+                continue
+            a, noise = diag(n)
+            a2 = shell_average(a.square())
+            measured_noise = shell_average(torch.where(a != 0, noise, torch.zeros_like(noise)))
+            return torch.where(a2 > 0, (observed - measured_noise) / a2.clamp(min=1e-12), observed)
+        return observed
 
     def spectrum(self, n: int) -> torch.Tensor:
         """Per-shell power P_r (float64, shells 0..corner) for an n^3 box."""

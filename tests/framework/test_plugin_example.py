@@ -180,9 +180,7 @@ def test_exact_posterior_mean_is_the_wiener_filter(scale_example):
     wiener = ifftn(s * p / (s * s * p + var) * fftn(y.double()))
     sampler = FlowPosteriorEuler(guidance="exact", steps=20)
     likelihood = Likelihood([Observation(op, y)])
-    # Batches of 256: one batch of 512 is several times slower per sample on CPU here.
-    samples = torch.cat([sampler.run(prior, likelihood, torch.randn(256, n, n, n, generator=g), g) for _ in range(2)])
-    samples = samples.double()
+    samples = sampler.run(prior, likelihood, torch.randn(256, n, n, n, generator=g), g).double()
     m = len(samples)
     mean = samples.mean(dim=0)
 
@@ -195,8 +193,8 @@ def test_exact_posterior_mean_is_the_wiener_filter(scale_example):
     # is > 5 standard errors, and fails for a bias of ~0.55 standard errors in every coefficient.
     assert z2.mean().sqrt() < 1.15, z2.mean().sqrt()
 
-    # The same in map units: measured relative error 0.037 against a Monte Carlo expectation of
-    # sqrt(sum posterior variance / m) / |wiener| = 0.042 (exact posterior variance P N / (s^2 P + N)).
+    # The same in map units: measured relative error 0.053 against a Monte Carlo expectation of
+    # sqrt(sum posterior variance / m) / |wiener| = 0.060 (exact posterior variance P N / (s^2 P + N)).
     relative = ((mean - wiener).norm() / wiener.norm()).item()
     expected = ((p * var / (s * s * p + var)).sum() / m).sqrt().item() / wiener.norm().item()
     assert relative < 1.2 * expected, (relative, expected)

@@ -1,0 +1,299 @@
+"""The command line, in-process with click's CliRunner: JSON and files checked, not line layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cryoinverse.cli import build_cli
+from cryoinverse.metrics import compare, fsc
+from cryoinverse.mrc import read_volume
+from cryoinverse.volume import Volume
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+TASK = """\
+device = "cpu"
+
+[prior]
+kind = "gaussian"
+
+[operator]
+kind = "spectral-noise"
+noise_variance = 0.01
+
+[sampler]
+kind = "flow-posterior-euler"
+steps = 10
+guidance = "exact"
+
+[inputs]
+observation = "observation.mrc"
+reference = "reference.mrc"
+"""
+
+
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """Run from a scratch folder: relative paths must resolve against the task file, not here."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli():
+    return build_cli()
+
+
+def runner() -> CliRunner:
+    """A runner that captures stderr apart from stdout (click 8.1 needs mix_stderr=False; 8.2+ always does)."""
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
+def invoke(cli, *args: str | Path):
+    """Run the CLI; a user error must end in SystemExit (a clean exit), never another exception."""
+    result = runner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def assert_user_error(result, *phrases: str) -> None:
+    """Exit code != 0, an 'Error:' message holding `phrases`, no traceback."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit)
+    assert "Error:" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr
+
+
+@pytest.fixture
+def maps(tmp_path, write_map, density) -> Path:
+    """tmp_path with reference.mrc (a 16^3 blob map) and observation.mrc (it plus white noise)."""
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, density.shape).astype(np.float32))
+    write_map("reference.mrc", density)
+    write_map("observation.mrc", density.with_data(density.data + noise))
+    return tmp_path
+
+
+# --- fsc ------------------------------------------------------------------------------------
+
+
+def test_fsc_json_matches_the_library(cli, maps):
+    a, b = maps / "observation.mrc", maps / "reference.mrc"
+    result = invoke(cli, "fsc", a, b, "--json")
+    assert result.exit_code == 0, result.output
+
+    printed = json.loads(result.stdout)  # exactly one JSON object on stdout
+    assert {"auc", "resolution_0.5", "resolution_0.143", "curve"} <= set(printed)
+    expected = compare(read_volume(a), read_volume(b))
+    assert printed["auc"] == pytest.approx(expected.auc, abs=1e-12)
+    assert printed["resolution_0.5"] == pytest.approx(expected.resolution_05, rel=1e-12)
+    assert printed["resolution_0.143"] == pytest.approx(expected.resolution_0143, rel=1e-12)
+    assert printed["failed"] is expected.failed
+
+    curve = fsc(read_volume(a), read_volume(b))
+    assert len(printed["curve"]) == 8  # shells 1..Nyquist of a 16^3 box
+    for r, (resolution, value) in enumerate(printed["curve"], start=1):
+        assert resolution == pytest.approx(16 * 2.0 / r)
+        assert value == pytest.approx(float(curve[r]), abs=1e-12)
+
+
+def test_fsc_writes_csv_and_png(cli, maps):
+    a, b = maps / "observation.mrc", maps / "reference.mrc"
+    csv, png = maps / "out" / "fsc.csv", maps / "out" / "fsc.png"
+    result = invoke(cli, "fsc", a, b, "--csv", csv, "--plot", png)
+    assert result.exit_code == 0, result.output
+
+    lines = csv.read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["shell", "resolution_A"]
+    rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    curve = fsc(read_volume(a), read_volume(b)).numpy()
+    np.testing.assert_array_equal(rows[:, 0], np.arange(1, 9))
+    np.testing.assert_allclose(rows[:, 1], 32.0 / np.arange(1, 9), atol=1e-4)
+    np.testing.assert_allclose(rows[:, 2], curve[1:], atol=1e-6)
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_fsc_of_maps_of_different_boxes_is_a_user_error(cli, maps, write_map, density):
+    small = write_map("small.mrc", Volume(density.data[:12, :12, :12], 2.0))
+    assert_user_error(invoke(cli, "fsc", maps / "reference.mrc", small), "small.mrc", "(12, 12, 12)")
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def test_run_writes_map_and_report(cli, maps, elsewhere):
+    task = maps / "task.toml"
+    task.write_text(TASK)
+    result = invoke(cli, "run", task, "--quiet")
+    assert result.exit_code == 0, result.output
+    # default outputs: restored.mrc and restored.json beside the task file, not in the current folder
+    assert sorted(p.name for p in maps.iterdir() if p.name.startswith("restored")) == ["restored.json", "restored.mrc"]
+    assert list(elsewhere.iterdir()) == []
+
+    restored = read_volume(maps / "restored.mrc")
+    observation = read_volume(maps / "observation.mrc")
+    assert restored.shape == (16, 16, 16)
+    assert restored.voxel_size == pytest.approx(observation.voxel_size)
+    assert restored.origin == pytest.approx(observation.origin)
+
+    report = json.loads((maps / "restored.json").read_text())
+    expected = compare(restored, read_volume(maps / "reference.mrc")).as_dict()
+    got = report["metrics"]["restored"]
+    for key in ("auc", "resolution_0.5", "resolution_0.143", "correlation", "rmse"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert "observation" in report["metrics"]
+    assert report["task"]["sampler"]["kind"] == "flow-posterior-euler"
+    assert report["task"]["sampler"]["steps"] == 10
+    assert report["task"]["operators"][0]["noise_variance"] == 0.01
+    assert report["task"]["inputs"]["observation"] == str(maps / "observation.mrc")
+    assert report["seed"] == 0
+    assert {"python", "torch", "numpy"} <= set(report["versions"])
+    assert report["timings"]["sample_s"] >= 0 and report["timings"]["load_and_prepare_s"] >= 0
+    assert report["source"] == str(task)
+
+
+def test_run_refuses_to_overwrite_then_overwrites(cli, maps):
+    task = maps / "task.toml"
+    task.write_text(TASK)
+    assert invoke(cli, "run", task, "-q").exit_code == 0
+    outputs = [maps / "restored.mrc", maps / "restored.json"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in outputs}
+
+    again = invoke(cli, "run", task, "-q", "--set", "sampler.steps=3")
+    assert_user_error(again, "restored.mrc", "restored.json", "--overwrite")
+    assert again.stderr.startswith("Error:")
+    assert again.stderr.strip().count("\n") == 0  # one line
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in outputs} == before
+
+    result = invoke(cli, "run", task, "-q", "--overwrite", "--set", "sampler.steps=3")
+    assert result.exit_code == 0, result.output
+    report = json.loads((maps / "restored.json").read_text())
+    assert report["task"]["sampler"]["steps"] == 3
+    assert (maps / "restored.mrc").read_bytes() != before[maps / "restored.mrc"][0]
+
+
+# --- validate, list, describe ---------------------------------------------------------------
+
+
+def test_validate_good_and_bad_specs(cli, maps):
+    good = maps / "good.toml"
+    good.write_text(TASK)
+    result = invoke(cli, "validate", good)
+    assert result.exit_code == 0
+    assert "valid" in result.stdout and "flow-posterior-euler" in result.stdout
+
+    bad = maps / "bad.toml"
+    bad.write_text(TASK.replace("steps = 10", "steps = 2.5").replace('"gaussian"', '"gausian"'))
+    result = invoke(cli, "validate", bad)
+    assert_user_error(result, "[sampler] steps: expected int, got float 2.5", "Did you mean 'gaussian'?")
+    assert not (maps / "restored.mrc").exists()
+
+    assert_user_error(invoke(cli, "validate", good, "--set", "sampler.steps=-1"), "[sampler] steps must be > 0")
+
+
+def test_list_shows_every_kind_or_one(cli):
+    everything = invoke(cli, "list").stdout
+    for heading in ("priors:", "operators:", "samplers:", "posers:"):
+        assert heading in everything
+    for name in ("gaussian", "spectral-noise", "flow-posterior-euler", "prior"):
+        assert name in everything
+
+    samplers = invoke(cli, "list", "sampler")
+    assert samplers.exit_code == 0
+    assert "flow-posterior-euler" in samplers.stdout
+    assert "gaussian" not in samplers.stdout and "priors:" not in samplers.stdout
+
+
+def test_describe_shows_fields_with_help(cli):
+    result = invoke(cli, "describe", "gaussian")
+    assert result.exit_code == 0
+    assert "prior 'gaussian'" in result.stdout
+    assert "power_floor (float, default 1e-06): smallest power" in result.stdout
+    assert "power_from (path or nothing, default None)" in result.stdout
+
+
+def test_describe_unknown_name_suggests_and_lists(cli):
+    assert_user_error(invoke(cli, "describe", "nope"), "unknown component 'nope'", "gaussian", "spectral-noise")
+    assert_user_error(invoke(cli, "describe", "gausian"), "Did you mean 'gaussian'?")
+
+
+# --- degrade --------------------------------------------------------------------------------
+
+
+def test_degrade_adds_noise_of_the_given_variance_and_keeps_geometry(cli, tmp_path, write_map, density):
+    clean = write_map("clean.mrc", Volume(density.data, 2.0, (4.0, -6.0, 10.0)))
+    out = tmp_path / "degraded.mrc"
+    result = invoke(cli, "degrade", clean, out, "-k", "spectral-noise", "-p", "noise_variance=0.01")
+    assert result.exit_code == 0, result.output
+
+    degraded, original = read_volume(out), read_volume(clean)
+    assert degraded.voxel_size == pytest.approx(2.0)
+    assert degraded.origin == pytest.approx((4.0, -6.0, 10.0))
+    diff = (degraded.data - original.data).double().numpy()
+    # sample variance of 4096 values: relative standard error sqrt(2 / 4096) = 2.2%; bound 10%
+    assert diff.var() == pytest.approx(0.01, rel=0.1)
+    assert abs(diff.mean()) < 4 * 0.1 / 64  # 4 standard errors of the mean
+
+    assert_user_error(invoke(cli, "degrade", clean, out, "-k", "spectral-noise", "-p", "noise_variance=0.01"), "--overwrite")
+
+
+def test_degrade_bad_operator_or_parameter(cli, write_map, density, tmp_path):
+    clean = write_map("clean.mrc", density)
+    out = tmp_path / "out.mrc"
+    assert_user_error(invoke(cli, "degrade", clean, out, "-k", "spectral-nois"), "Did you mean 'spectral-noise'?")
+    assert_user_error(
+        invoke(cli, "degrade", clean, out, "-k", "spectral-noise", "-p", "noise_varance=0.01"),
+        "noise_varance: unknown field; did you mean 'noise_variance'?",
+    )
+    assert_user_error(invoke(cli, "degrade", clean, out, "-k", "spectral-noise", "-p", "noise_variance=-1"), "must be > 0")
+    assert not out.exists()
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_writes_maps_and_report_at_the_requested_resolution(cli, tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(cli, "demo", "--out-dir", out, "--steps", "10", "--samples", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for name in ("reference.mrc", "degraded.mrc", "restored.mrc", "report.json"):
+        assert (out / name).is_file(), name
+
+    reference, degraded = read_volume(out / "reference.mrc"), read_volume(out / "degraded.mrc")
+    n, voxel = reference.shape[-1], reference.voxel_size
+    resolution = compare(degraded, reference).resolution_05
+    # within one shell of 6 A: shell n * voxel / 6 = 16 on the 64^3, 1.5 A map
+    target_shell = n * voxel / 6.0
+    assert n * voxel / (target_shell + 1) <= resolution <= n * voxel / (target_shell - 1)
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["observation"]["resolution_0.5"] == pytest.approx(resolution, rel=1e-6)
+    assert report["demo"]["target_resolution_A"] == 6.0
+    assert report["task"]["samples"] == 2 and report["task"]["sampler"]["steps"] == 10
+
+
+# --- bad input in general -------------------------------------------------------------------
+
+
+def test_bad_input_is_a_one_line_error_without_traceback(cli, maps):
+    cases = [
+        (("run", maps / "missing.toml"), "task file not found"),
+        (("fsc", maps / "reference.mrc", maps / "missing.mrc"), "missing.mrc: file not found"),
+        (("fsc", maps / "reference.mrc", maps), "is a directory"),
+        (("demo", "--out-dir", maps / "d", "--resolution", "1.0", "--steps", "1"), "outside"),
+    ]
+    for args, phrase in cases:
+        assert_user_error(invoke(cli, *args), phrase)
