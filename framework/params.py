@@ -23,13 +23,13 @@ def help_of(field: attrs.Attribute) -> str:
 def positive(instance, attribute, value) -> None:
     """Validator: a number > 0 (None passes)."""
     if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0; got {value}")
+        raise ValueError(f"{attribute.name}: must be > 0; got {value}")
 
 
 def non_negative(instance, attribute, value) -> None:
     """Validator: a number >= 0 (None passes)."""
     if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0; got {value}")
+        raise ValueError(f"{attribute.name}: must be >= 0; got {value}")
 
 
 def one_of(*choices: str):
@@ -37,6 +37,6 @@ def one_of(*choices: str):
 
     def check(instance, attribute, value) -> None:
         if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+            raise ValueError(f"{attribute.name}: must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
     return check

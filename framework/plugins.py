@@ -41,8 +41,20 @@ def new_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     try:
         pm.check_pending()  # a misspelt hook name fails here, not silently
     except pluggy.PluginValidationError as exc:
-        raise RegistryError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+        raise RegistryError(_invalid(pm, exc)) from None
     return pm
+
+
+def _invalid(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    import difflib
+
+    name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
+    message = str(exc).split(" in plugin ")[0]
+    hooks = [h for h in dir(hookspecs) if h.startswith("register_")]
+    words = [w.strip("'") for w in message.split() if w.startswith("'register")]
+    close = difflib.get_close_matches(words[0], hooks, n=1) if words else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"plugin {name!r} is invalid: {message}{hint}"
 
 
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:
@@ -51,10 +63,20 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
         if wanted is None:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
             return
+        from importlib.metadata import entry_points
+
+        installed = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
         for name in filter(None, (n.strip() for n in wanted.split(","))):
+            if name not in installed:
+                raise RegistryError(
+                    f"CRYOINVERSE_LOAD_PLUGINS names {name!r}, but no such plugin is installed "
+                    f"(installed: {', '.join(installed) or 'none'})"
+                )
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except RegistryError:
+        raise
     except pluggy.PluginValidationError as exc:
-        raise RegistryError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+        raise RegistryError(_invalid(pm, exc)) from None
     except Exception as exc:
         raise RegistryError(
             f"a plugin of entry-point group '{ENTRY_POINT_GROUP}' failed to load: {exc!r}; "

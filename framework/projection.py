@@ -53,9 +53,11 @@ def _centred(n: int, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.arange(n, dtype=dtype, device=device) - (n // 2)
 
 
-def _normalised(p: torch.Tensor, n: int) -> torch.Tensor:
-    """Centred voxel coordinates -> grid_sample's [-1, 1] (align_corners=True: -1 is index 0)."""
-    return (p + (n // 2)) * (2.0 / (n - 1)) - 1.0
+def _normalised(p: torch.Tensor, n: int, size: int | None = None) -> torch.Tensor:
+    """Coordinates centred on index n // 2 -> grid_sample's [-1, 1] over an axis of `size` (default n)
+    samples (align_corners=True: -1 is index 0, +1 is index size - 1)."""
+    size = n if size is None else size
+    return (p + (n // 2)) * (2.0 / (size - 1)) - 1.0
 
 
 def project_real(
@@ -69,8 +71,8 @@ def project_real(
 
     The sampling grid of each image (n x n pixels x n depth steps) is rotated by R^T and
     shifted by -s in the image plane (content moves by +s; zero outside the box). Depth runs
-    over the n steps centred on the image plane, so content should stay inside the inscribed
-    sphere of the box (as it does for particles). `chunk_voxels` bounds the samples per call.
+    over unit steps from -ceil(sqrt(3) n / 2) to +ceil(sqrt(3) n / 2), so everything in the box
+    is projected whatever the rotation. `chunk_voxels` bounds the samples per grid_sample call.
     """
     volume, single = _batched(volume)
     _check_poses(rotations, shifts)
@@ -78,12 +80,14 @@ def project_real(
     dtype, device = volume.dtype, volume.device
     rot_t = rotations.to(device=device, dtype=dtype).transpose(-1, -2)  # (N, 3, 3): image -> volume frame
     c = _centred(n, dtype, device)
-    w, v, u = torch.meshgrid(c, c, c, indexing="ij")  # (depth, y, x)
+    reach = math.ceil(math.sqrt(3.0) * n / 2)  # the rotated box lies within this many voxels
+    depth = torch.arange(-reach, reach + 1, dtype=dtype, device=device)
+    w, v, u = torch.meshgrid(depth, c, c, indexing="ij")  # (depth, y, x)
     q = torch.stack([u, v, w], dim=-1)  # camera-frame (x, y, z) of every sample
     shift_px = None
     if shifts is not None:
         shift_px = shifts.to(device=device, dtype=dtype) / voxel_size
-    per_image = max(1, chunk_voxels // (n**3 * max(b, 1)))
+    per_image = max(1, chunk_voxels // (depth.numel() * n * n * max(b, 1)))
     out = []
     for start in range(0, rotations.shape[0], per_image):
         r = rot_t[start : start + per_image]
@@ -94,7 +98,7 @@ def project_real(
         p = torch.einsum("nij,ndyxj->ndyxi", r, qq)
         grid = _normalised(p, n).reshape(1, -1, n, n, 3).expand(b, -1, -1, -1, -1)
         sampled = F.grid_sample(volume[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out.append(sampled.reshape(b, r.shape[0], n, n, n).sum(dim=2))
+        out.append(sampled.reshape(b, r.shape[0], depth.numel(), n, n).sum(dim=2))
     images = torch.cat(out, dim=1)
     return images[0] if single else images
 
@@ -132,7 +136,7 @@ def project_fourier(
     shifts: torch.Tensor | None = None,
     voxel_size: float = 1.0,
     oversampling: int = 2,
-    gridding_correction: bool = False,
+    gridding_correction: bool = True,
     chunk_samples: int = 1 << 22,
 ) -> torch.Tensor:
     """Projections by the Fourier-slice theorem: (n,n,n) -> (N,n,n), (B,...) -> (B,N,n,n).
@@ -156,6 +160,9 @@ def project_fourier(
     x = F.pad(x, (lo, m - n - lo) * 3)
     spectrum = centred_fftn(x, (-3, -2, -1))
     channels = torch.view_as_real(spectrum).permute(0, 4, 1, 2, 3)  # (B, 2, m, m, m)
+    # The DFT is periodic: one wrapped plane past the highest frequency on each axis lets the
+    # rotated plane reach +m/2 (even m) and interpolate there like the periodic spectrum does.
+    channels = F.pad(channels, (0, 1, 0, 1, 0, 1), mode="circular")
     rot_t = rotations.to(device=device, dtype=dtype).transpose(-1, -2)
     k = _centred(m, dtype, device)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
@@ -165,7 +172,7 @@ def project_fourier(
     for start in range(0, rotations.shape[0], per_image):
         r = rot_t[start : start + per_image]
         p = torch.einsum("nij,yxj->nyxi", r, plane)
-        grid = _normalised(p, m)[None].expand(b, -1, -1, -1, -1)
+        grid = _normalised(p, m, m + 1)[None].expand(b, -1, -1, -1, -1)
         sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         slices = torch.complex(sampled[:, 0], sampled[:, 1]) if not sampled.is_complex() else sampled
         padded = centred_ifft2(slices).real  # (B, chunk, m, m)

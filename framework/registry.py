@@ -43,7 +43,15 @@ class Registry:
         for kind in KINDS:
             caller = getattr(self.pm.hook, _HOOKS[kind])
             for impl in caller.get_hookimpls():
-                impl.function(**{"register": self._register_fn(kind, impl.plugin_name)})
+                if impl.hookwrapper or impl.wrapper:
+                    raise RegistryError(f"plugin {impl.plugin_name!r}: {_HOOKS[kind]} cannot be a hook wrapper")
+                register = self._register_fn(kind, impl.plugin_name)
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except RegistryError:
+                    raise
+                except Exception as exc:
+                    raise RegistryError(f"plugin {impl.plugin_name!r} failed in {_HOOKS[kind]}: {exc!r}") from exc
 
     def _register_fn(self, kind: str, plugin_name: str):
         def register(cls: type) -> type:
@@ -55,7 +63,7 @@ class Registry:
     def _add(self, kind: str, cls: type, plugin: str) -> None:
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not name:
-            raise RegistryError(f"plugin {plugin!r} registered {cls!r} as a {kind} without a `name` ClassVar")
+            raise RegistryError(f"plugin {plugin!r} registered {cls!r} as {'an' if kind[0] in 'aeiou' else 'a'} {kind} without a `name` ClassVar")
         if not attrs.has(cls):
             raise RegistryError(f"plugin {plugin!r} registered {kind} {name!r}: {cls.__name__} is not an attrs class")
         attrs.resolve_types(cls)

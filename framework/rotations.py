@@ -35,10 +35,10 @@ __all__ = [
 
 
 def _angles(*values, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-    tensors = [torch.as_tensor(v) for v in values]
     if dtype is None:
-        floats = [t.dtype for t in tensors if torch.is_floating_point(t)]
-        dtype = floats[0] if floats else torch.float64
+        given = [v.dtype for v in values if isinstance(v, torch.Tensor) and torch.is_floating_point(v)]
+        dtype = given[0] if given else torch.float64
+    tensors = [torch.as_tensor(v, dtype=dtype) for v in values]
     tensors = [t.to(dtype) for t in tensors]
     return list(torch.broadcast_tensors(*tensors))
 

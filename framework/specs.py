@@ -32,7 +32,7 @@ COMPONENT_SECTIONS = ("prior", "operator", "sampler", "poser")
 
 def _device(instance, attribute, value: str) -> None:
     if value not in ("auto", "cpu") and not value.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {value!r}")
+        raise ValueError(f"device: must be 'auto', 'cpu' or 'cuda[:N]'; got {value!r}")
 
 
 @attrs.frozen

@@ -23,7 +23,7 @@ from cryoinverse.params import non_negative, one_of, param
 
 def _angle(instance, attribute, value: float) -> None:
     if not -90.0 <= value <= 90.0:
-        raise ValueError(f"{attribute.name} must be within [-90, 90] degrees; got {value}")
+        raise ValueError(f"{attribute.name}: must be within [-90, 90] degrees; got {value}")
 
 
 def wedge_mask(n: int, tilt_min: float, tilt_max: float, axis: str = "y") -> torch.Tensor:

@@ -201,7 +201,7 @@ def test_validate_good_and_bad_specs(cli, maps):
     assert_user_error(result, "[sampler] steps: expected int, got float 2.5", "Did you mean 'gaussian'?")
     assert not (maps / "restored.mrc").exists()
 
-    assert_user_error(invoke(cli, "validate", good, "--set", "sampler.steps=-1"), "[sampler] steps must be > 0")
+    assert_user_error(invoke(cli, "validate", good, "--set", "sampler.steps=-1"), "[sampler] steps: must be > 0")
 
 
 def test_list_shows_every_kind_or_one(cli):

@@ -232,7 +232,7 @@ def test_every_validator_problem_of_one_section_is_reported(maps):
     error = spec_error(write_task(maps, text))
     assert len(error.problems) == 4, error.problems
     joined = str(error)
-    for part in ("[sampler] steps must be > 0", "[sampler] lam_max must be > 0", "[sampler] guidance must be one of", "device must be"):
+    for part in ("[sampler] steps: must be > 0", "[sampler] lam_max: must be > 0", "[sampler] guidance: must be one of", "device: must be"):
         assert part in joined
 
 
