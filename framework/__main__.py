@@ -1,0 +1,5 @@
+"""`python -m cryoinverse` runs the command line."""
+
+from .cli import main
+
+main()
