@@ -29,6 +29,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CryoinverseError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; no partial output was left under a final name") from None
 
 
 @click.group(cls=_Group)
