@@ -19,7 +19,7 @@ from .progress import ProgressFactory, silent
 from .registry import get_registry
 from .runner import check_outputs, run_task
 from .specs import Inputs, Outputs, TaskSpec
-from .spectra import radial_power
+from .levels import noise_variance_for_resolution
 from .volume import Volume
 
 DEMO_MAP = "demo_3nbk.mrc"
@@ -29,19 +29,6 @@ def demo_map() -> Volume:
     """The bundled clean density map (64^3, 1.5 A/voxel)."""
     with resources.as_file(resources.files("cryoinverse") / "data" / DEMO_MAP) as path:
         return read_volume(path)
-
-
-def noise_variance_for_resolution(reference: Volume, resolution: float) -> float:
-    """White-noise power putting the FSC-0.5 crossing of reference + noise at `resolution` A."""
-    n = reference.shape[-1]
-    shell = n * reference.voxel_size / resolution
-    if not 1 <= shell <= n // 2:
-        raise ValueError(f"resolution {resolution} A is outside 2 x voxel .. box ({2 * reference.voxel_size:g} .. {n * reference.voxel_size:g} A)")
-    power = radial_power(reference.data)
-    lo = int(shell)
-    frac = shell - lo
-    signal = float((1 - frac) * power[lo] + frac * power[min(lo + 1, n // 2)])
-    return 3.0 * signal
 
 
 def run_demo(

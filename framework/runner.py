@@ -74,7 +74,7 @@ def _observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any
 
 def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None) -> RunResult:
     """Run `spec` in memory (no files written); `observation` overrides inputs.observation."""
-    check_structure(spec)
+    check_structure(spec, observation_given=observation is not None)
     validate_files(spec)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

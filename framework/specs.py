@@ -299,13 +299,13 @@ def _supplies_observation(op: Any) -> bool:
     return any(getattr(op, f, None) is not None for f in getattr(op, "observation_fields", ("half_maps",)))
 
 
-def check_structure(spec: TaskSpec) -> None:
+def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
     """Cross-section checks that need no files: an observation where operators need one, etc."""
     where = _where(spec.source)
     problems = []
     paths = spec.observation_paths()
     for i, op in enumerate(spec.operators):
-        if paths[i] is None and not _supplies_observation(op):
+        if paths[i] is None and not _supplies_observation(op) and not (i == 0 and observation_given):
             if len(spec.operators) == 1:
                 problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
             else:

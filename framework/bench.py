@@ -1,0 +1,360 @@
+"""`cryoinverse bench SPEC.toml`: the CryoFM evaluation protocol as one command.
+
+For every clean map x every degradation x every method: degrade the map (seeded), restore it
+with the method (a prior and a sampler; `none` = the degraded input as is), and measure AUC-FSC,
+FSC-0.5 resolution, fail (worse than 30 A), correlation, RMSE against the clean map, wall time
+and peak memory. Rows go to `runs.csv` as they finish, so an interrupted bench resumes where it
+stopped; the table of mean +- std per degradation and method (failed runs excluded from the
+means, fail rate shown) is printed and written to `summary.csv`, the mean FSC curves to
+`fsc.png`. Under `torchrun`, rank r takes maps r, r + W, ...; each rank writes its own part
+file and rank 0 merges them.
+
+Spec:
+    maps = ["clean/*.mrc"]          # globs, relative to the spec file
+    out_dir = "bench-out"
+    seed = 0
+    samples = 1
+    [[degradations]]                # kind + operator fields, or target_resolution for noise kinds
+    name = "spectral-6A"
+    kind = "spectral-noise"
+    target_resolution = 6.0
+    [[methods]]
+    name = "degraded"
+    [[methods]]
+    name = "gaussian"
+    prior = { kind = "gaussian" }
+    sampler = { kind = "flow-posterior-euler", guidance = "exact", steps = 50 }
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+import resource
+import time
+import tomllib
+from pathlib import Path
+
+
+import attrs
+import click
+import numpy as np
+import torch
+
+from .errors import SpecError
+from .hookspecs import hookimpl
+from .levels import noise_variance_for_resolution
+from .metrics import compare
+from .mrc import atomic_path, read_volume
+from .registry import Registry, get_registry
+from .runner import execute
+from .specs import Inputs, TaskSpec, build_component
+from .volume import Volume
+
+COLUMNS = ["map", "degradation", "method", "auc", "resolution_0.5", "resolution_0.143", "failed", "correlation", "rmse", "wall_s", "peak_mem_mb"]
+NOISE_KINDS = ("spectral-noise", "anisotropic-noise")
+
+
+@attrs.frozen
+class Degradation:
+    """One degradation: an operator table; `target_resolution` sets white noise by FSC-0.5 (noise kinds)."""
+
+    name: str
+    table: dict
+    target_resolution: float | None = None
+
+    def operator(self, clean: Volume, registry: Registry):
+        """The operator for this clean map (noise level set from the map when a target is given)."""
+        table = dict(self.table)
+        if self.target_resolution is not None:
+            table["noise_variance"] = noise_variance_for_resolution(clean, self.target_resolution)
+        op, problems = build_component("operator", table, f"degradations.{self.name}", None, registry)
+        if problems:
+            raise SpecError(problems)
+        return op
+
+
+@attrs.frozen
+class Method:
+    """One restoration method: a prior and a sampler table, or none (the degraded map as is)."""
+
+    name: str
+    prior: dict | None = None
+    sampler: dict | None = None
+
+
+@attrs.frozen
+class BenchSpec:
+    """A whole benchmark: clean maps, degradations, methods, output folder."""
+
+    maps: list[Path]
+    degradations: list[Degradation]
+    methods: list[Method]
+    out_dir: Path
+    seed: int = 0
+    samples: int = 1
+    device: str = "auto"
+
+
+def load_bench(path: Path, registry: Registry | None = None) -> BenchSpec:
+    """Read and check a bench spec; every problem is reported with the file and the entry."""
+    registry = registry or get_registry()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    base = path.parent
+    problems = []
+    maps: list[Path] = []
+    for pattern in raw.get("maps", []):
+        found = sorted(Path(p) for p in glob.glob(str(base / pattern)))
+        if not found:
+            problems.append(f"{path}: maps: no file matches {pattern!r}")
+        maps += found
+    if not raw.get("maps"):
+        problems.append(f"{path}: maps: missing (a list of globs of clean maps)")
+    degradations = []
+    for i, table in enumerate(raw.get("degradations", [])):
+        table = dict(table)
+        name = table.pop("name", f"degradation-{i}")
+        target = table.pop("target_resolution", None)
+        if target is not None and table.get("kind") not in NOISE_KINDS:
+            problems.append(f"{path}: [degradations.{i}] target_resolution: only for {', '.join(NOISE_KINDS)}")
+        check = dict(table, noise_variance=1.0) if target is not None else table
+        _, errs = build_component("operator", check, f"degradations.{i}", path, registry)
+        problems += errs
+        degradations.append(Degradation(name, table, target))
+    methods = []
+    for i, table in enumerate(raw.get("methods", [])):
+        name = table.get("name", f"method-{i}")
+        for part in ("prior", "sampler"):
+            if part in table:
+                _, errs = build_component(part, table[part], f"methods.{i}.{part}", path, registry)
+                problems += errs
+        if ("prior" in table) != ("sampler" in table):
+            problems.append(f"{path}: [methods.{i}] give both prior and sampler, or neither (the degraded input)")
+        methods.append(Method(name, table.get("prior"), table.get("sampler")))
+    if not degradations:
+        problems.append(f"{path}: [[degradations]]: none given")
+    if not methods:
+        problems.append(f"{path}: [[methods]]: none given")
+    if problems:
+        raise SpecError(problems)
+    return BenchSpec(
+        maps=maps,
+        degradations=degradations,
+        methods=methods,
+        out_dir=base / raw.get("out_dir", "bench-out"),
+        seed=int(raw.get("seed", 0)),
+        samples=int(raw.get("samples", 1)),
+        device=str(raw.get("device", "auto")),
+    )
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return (row["map"], row["degradation"], row["method"])
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a runs CSV (empty if the file does not exist)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:  # one row at a time: a crash loses at most the run in flight
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_one(clean: Volume, degradation: Degradation, method: Method, bench: BenchSpec, registry: Registry, map_index: int) -> tuple[dict, list]:
+    """Degrade, restore and measure one (map, degradation, method); returns the CSV row and the FSC curve."""
+    op = degradation.operator(clean, registry)
+    generator = torch.Generator().manual_seed(bench.seed * 1000003 + map_index)
+    degraded = clean.with_data(op.simulate(clean.data, generator))
+    t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if method.prior is None:
+        restored = degraded
+    else:
+        prior, p1 = build_component("prior", method.prior, f"methods.{method.name}.prior", None, registry)
+        sampler, p2 = build_component("sampler", method.sampler, f"methods.{method.name}.sampler", None, registry)
+        if p1 or p2:
+            raise SpecError(p1 + p2)
+        spec = TaskSpec(
+            prior=prior, sampler=sampler, operators=[op], inputs=Inputs(box=clean.shape[-1]),
+            seed=bench.seed, samples=bench.samples, device=bench.device,
+        )
+        restored = execute(spec, observation=degraded).volume
+    wall = time.perf_counter() - t0
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (Linux: kB)
+    c = compare(restored, clean)
+    row = {
+        "map": "", "degradation": degradation.name, "method": method.name, "auc": c.auc,
+        "resolution_0.5": c.resolution_05, "resolution_0.143": c.resolution_0143, "failed": int(c.failed),
+        "correlation": c.correlation, "rmse": c.rmse, "wall_s": wall, "peak_mem_mb": peak,
+    }
+    return row, c.curve
+
+
+def run_bench(bench: BenchSpec, rank: int = 0, world: int = 1, echo=lambda s: None) -> Path:
+    """Run this rank's share of the bench; returns its runs CSV path (rows already there are kept)."""
+    registry = get_registry()
+    bench.out_dir.mkdir(parents=True, exist_ok=True)
+    part = bench.out_dir / ("runs.csv" if world == 1 else f"runs.rank{rank}.csv")
+    done = {_key(r) for r in read_rows(part)}
+    curves_dir = bench.out_dir / "curves"
+    curves_dir.mkdir(exist_ok=True)
+    for index, path in enumerate(bench.maps):
+        if index % world != rank:
+            continue
+        clean = read_volume(path)
+        for degradation in bench.degradations:
+            for method in bench.methods:
+                key = (path.name, degradation.name, method.name)
+                if key in done:
+                    continue
+                row, curve = run_one(clean, degradation, method, bench, registry, index)
+                row["map"] = path.name
+                np.savetxt(curves_dir / f"{path.stem}__{degradation.name}__{method.name}.txt", np.array(curve))
+                _append(part, row)
+                echo(f"{path.name} {degradation.name} {method.name}: AUC {row['auc']:.3f}, FSC-0.5 {row['resolution_0.5']:.2f} A, {row['wall_s']:.1f} s")
+    return part
+
+
+def merge_parts(out_dir: Path, world: int) -> Path:
+    """Merge rank part files into runs.csv (rows de-duplicated by map, degradation, method)."""
+    target = out_dir / "runs.csv"
+    rows = {_key(r): r for r in read_rows(target)}
+    for rank in range(world):
+        for r in read_rows(out_dir / f"runs.rank{rank}.csv"):
+            rows[_key(r)] = r
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(sorted(rows.values(), key=_key))
+    return target
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean +- std per (degradation, method) over non-failed runs, with the fail rate."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["degradation"], r["method"]), []).append(r)
+    out = []
+    for (deg, method), rs in groups.items():
+        ok = [r for r in rs if int(r["failed"]) == 0]
+
+        def stat(col: str) -> tuple[float, float]:
+            values = np.array([float(r[col]) for r in ok])
+            return (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
+
+        out.append({
+            "degradation": deg, "method": method, "n": len(rs), "fail_rate": 1 - len(ok) / len(rs),
+            **{f"{c}_mean": stat(c)[0] for c in ("auc", "resolution_0.5", "correlation", "rmse", "wall_s")},
+            **{f"{c}_std": stat(c)[1] for c in ("auc", "resolution_0.5", "correlation", "rmse", "wall_s")},
+        })
+    return sorted(out, key=lambda r: (r["degradation"], r["method"]))
+
+
+def format_table(summary: list[dict]) -> str:
+    """The summary as a fixed-width text table like CryoFM's Tables 1-3."""
+    lines = [f"{'degradation':16s} {'method':18s} {'n':>3s} {'AUC-FSC':>15s} {'FSC-0.5 (A)':>15s} {'CC':>15s} {'fail':>5s} {'time (s)':>9s}"]
+    for s in summary:
+        lines.append(
+            f"{s['degradation']:16s} {s['method']:18s} {s['n']:3d} {s['auc_mean']:7.3f}+-{s['auc_std']:.3f} "
+            f"{s['resolution_0.5_mean']:7.2f}+-{s['resolution_0.5_std']:5.2f} {s['correlation_mean']:7.3f}+-{s['correlation_std']:.3f} "
+            f"{s['fail_rate']:5.0%} {s['wall_s_mean']:9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_summary(out_dir: Path, summary: list[dict]) -> Path:
+    """summary.csv beside runs.csv."""
+    path = out_dir / "summary.csv"
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+            writer.writeheader()
+            writer.writerows(summary)
+    return path
+
+
+def plot_curves(out_dir: Path, rows: list[dict]) -> Path:
+    """fsc.png: mean FSC curve per method, one panel per degradation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    degradations = sorted({r["degradation"] for r in rows})
+    fig, axes = plt.subplots(1, len(degradations), figsize=(5 * len(degradations), 4), squeeze=False)
+    for ax, deg in zip(axes[0], degradations):
+        for method in sorted({r["method"] for r in rows if r["degradation"] == deg}):
+            curves = [np.loadtxt(out_dir / "curves" / f"{Path(r['map']).stem}__{deg}__{method}.txt", ndmin=2) for r in rows if r["degradation"] == deg and r["method"] == method]
+            if not curves or len({c.shape for c in curves}) != 1:
+                continue
+            mean = np.mean(curves, axis=0)
+            ax.plot(1.0 / mean[:, 0], mean[:, 1], label=method)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_title(deg)
+        ax.set_xlabel("spatial frequency (1/Å)")
+        ax.set_ylabel("mean FSC")
+        ax.legend()
+    fig.tight_layout()
+    path = out_dir / "fsc.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="no per-run lines")
+def bench(spec_path: Path, quiet: bool) -> None:
+    """Benchmark restoration methods: maps x degradations x methods -> runs.csv, summary table, fsc.png."""
+    spec = load_bench(spec_path)
+    rank, world = _distributed()
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(f"[rank {rank}] {s}" if world > 1 else s, err=True))
+    run_bench(spec, rank, world, echo)
+    if world > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            return
+        merge_parts(spec.out_dir, world)
+    rows = read_rows(spec.out_dir / "runs.csv")
+    summary = summarize(rows)
+    write_summary(spec.out_dir, summary)
+    plot_curves(spec.out_dir, rows)
+    click.echo(format_table(summary))
+    click.echo(f"wrote {spec.out_dir / 'runs.csv'}, {spec.out_dir / 'summary.csv'}, {spec.out_dir / 'fsc.png'}")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(bench)
+
+
