@@ -29,8 +29,8 @@ def no_progress(_: int) -> None:
 class PrepareContext:
     """What a component may look at before work starts (its `prepare(ctx)` hook)."""
 
-    shape: tuple[int, int, int]
-    voxel_size: float
+    shape: tuple[int, int, int]  # (None, None, None) while no map or operator has given it
+    voxel_size: float | None  # None while no map or operator has given it
     device: torch.device
     observation: Volume | None = None
     operators: list = attrs.Factory(list)

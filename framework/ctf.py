@@ -16,8 +16,8 @@ This is RELION's CTF::getCTF (-sin(chi) with chi = -gamma - alpha), so CTF(0) = 
 projections of a positive density to give images with the protein white, as RELION extracts
 particles (contrast inverted). CTFFIND4's paper writes the physical -w1 sin(chi) - w2 cos(chi),
 the negative of this; cryoDRGN uses that physical sign too. lambda is the relativistic electron
-wavelength, lambda = h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2))) = 12.2643247 / sqrt(V (1 + 0.978466e-6 V)) Å
-for V in volts. With Cs = 0, A = 0 and no phase shift the zeros are at s = sqrt(k / (lambda z)).
+wavelength, lambda = h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2))) for V in volts, from CODATA constants
+(RELION's 12.2643247 / sqrt(V (1 + 0.978466e-6 V)) Å agrees to 6e-6). With Cs = 0, A = 0 and no phase shift the zeros are at s = sqrt(k / (lambda z)).
 
 Images are (y, x) = (H, W); `ctf_grid` evaluates on the frequency layout of `torch.fft.fft2`
 (uncentred, `fftfreq` order) or, with `centred=True`, of its `fftshift` (frequency 0 at n // 2).
@@ -36,10 +36,15 @@ from .errors import DataError
 __all__ = ["CTFParams", "electron_wavelength", "ctf_values", "ctf_grid", "frequency_grid"]
 
 
+# CODATA 2018 (exact SI values for h and e)
+_H, _M0, _E, _C = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 299792458.0
+
+
 def electron_wavelength(kv) -> torch.Tensor:
-    """Relativistic electron wavelength in Å for an accelerating voltage in kV."""
+    """Relativistic electron wavelength in Å for an accelerating voltage in kV (0.019687 Å at 300 kV)."""
     volts = torch.as_tensor(kv, dtype=torch.float64) * 1e3
-    return 12.2643247 / torch.sqrt(volts * (1.0 + 0.978466e-6 * volts))
+    momentum = torch.sqrt(2.0 * _M0 * _E * volts * (1.0 + _E * volts / (2.0 * _M0 * _C**2)))
+    return _H / momentum * 1e10
 
 
 def _vector(value) -> torch.Tensor:

@@ -25,6 +25,9 @@ DEFAULT_PLUGINS = (
     "cryoinverse.samplers.prior",
     "cryoinverse.samplers.flow_posterior_euler",
     "cryoinverse.samplers.flow_posterior_pseudoinverse",
+    "cryoinverse.operators.projection",
+    "cryoinverse.simulate",
+    "cryoinverse.bench",
 )
 
 _manager: pluggy.PluginManager | None = None

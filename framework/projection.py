@@ -10,14 +10,23 @@ Conventions (rotations: see `cryoinverse.rotations`):
   Shifts are given in Å, (x, y), and divided by the voxel size.
 - The spectrum is `fftshift(fftn(ifftshift(x)))`: frequency 0 at index n // 2 and phases
   relative to the centre voxel; sampling it at R^T (k_x, k_y, 0) gives the 2D spectrum of the
-  projection (Fourier-slice theorem). `fourier` images are computed that way, on a spectrum of
-  the volume zero-padded `oversampling` times with a gridding correction (the volume divided by
-  the trilinear kernel's sinc^2 transform first), then cropped back to n x n.
+  projection (Fourier-slice theorem). `project_fourier` does that on the spectrum of the volume
+  zero-padded `oversampling` (2) times, with trilinear interpolation, then inverts in 2D and crops
+  back to n x n. By default it first divides the volume by the trilinear kernel's transform
+  (sinc^2 per axis, the gridding correction RELION also applies), which helps where the rotated
+  plane falls between grid points and costs exactness where it falls on them.
 
-`project_real` and `project_fourier` agree exactly for the identity and rotations by multiples
-of 90 degrees about the axes (grid to grid) when the content stays inside the box; for general
-rotations they differ by interpolation error (trilinear in real space for one, in Fourier space
-for the other), small for smooth maps. Both are differentiable in the volume.
+Accuracy, measured against analytic line integrals of Gaussian blobs (sigma 1.5 voxels, 24^3,
+inside the inscribed sphere), relative L2 error per image:
+    real (trilinear in real space)                 0 on the grid, ~4% for general rotations
+    fourier, oversampling 2, corrected (default)   ~4% on the grid (*), 0.2-1.5% general
+    fourier, oversampling 2, no correction          0 on the grid, ~4% general
+    fourier, oversampling 3, no correction          0 on the grid, ~1.7% general
+(*) on the grid the correction itself is the error: a factor 1 / sinc^2(r / (2 n)) per axis at
+r voxels from the centre (10% at r = n / 3).
+"On the grid" means the identity and rotations by multiples of 90 degrees about the axes; there
+`project_real` and `project_fourier(..., gridding_correction=False)` agree exactly (grid to grid)
+when the content stays inside the box. Both are differentiable in the volume.
 """
 
 from __future__ import annotations
@@ -27,7 +36,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["project_real", "project_fourier", "project", "shift_and_filter", "centred_fft2", "centred_ifft2"]
+__all__ = [
+    "project_real",
+    "project_fourier",
+    "project",
+    "shift_and_filter",
+    "centred_fftn",
+    "centred_ifftn",
+    "centred_fft2",
+    "centred_ifft2",
+]
 
 
 def _batched(volume: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -69,7 +87,7 @@ def project_real(
 ) -> torch.Tensor:
     """Line integrals through a trilinearly interpolated volume: (n,n,n) -> (N,n,n), (B,...) -> (B,N,n,n).
 
-    The sampling grid of each image (n x n pixels x n depth steps) is rotated by R^T and
+    The sampling grid of each image (n x n pixels x depth steps) is rotated by R^T and
     shifted by -s in the image plane (content moves by +s; zero outside the box). Depth runs
     over unit steps from -ceil(sqrt(3) n / 2) to +ceil(sqrt(3) n / 2), so everything in the box
     is projected whatever the rotation. `chunk_voxels` bounds the samples per grid_sample call.
@@ -174,8 +192,7 @@ def project_fourier(
         p = torch.einsum("nij,yxj->nyxi", r, plane)
         grid = _normalised(p, m, m + 1)[None].expand(b, -1, -1, -1, -1)
         sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        slices = torch.complex(sampled[:, 0], sampled[:, 1]) if not sampled.is_complex() else sampled
-        padded = centred_ifft2(slices).real  # (B, chunk, m, m)
+        padded = centred_ifft2(torch.complex(sampled[:, 0], sampled[:, 1])).real  # (B, chunk, m, m)
         out.append(padded[..., lo : lo + n, lo : lo + n])
     images = torch.cat(out, dim=1)
     if shifts is not None:

@@ -85,8 +85,8 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     reference = _load(spec.inputs.reference, vs)
     mask = _load(spec.inputs.mask, vs)
     geometry = observation or reference
-    shape = geometry.shape if geometry else (spec.inputs.box,) * 3
-    voxel_size = geometry.voxel_size if geometry else (vs or 1.0)
+    shape = geometry.shape if geometry else (spec.inputs.box,) * 3  # (None,)*3 until an operator knows it
+    voxel_size = geometry.voxel_size if geometry else vs
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
     for op in spec.operators:
         _call_prepare(op, ctx)
@@ -131,6 +131,7 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         raise DataError("sampling diverged (NaN or infinite values); lower sampler.lam_base or raise sampler.steps")
     like = geometry or observation
     origin = like.origin if like is not None else (0.0, 0.0, 0.0)
+    voxel_size = voxel_size or 1.0
     mean = Volume(maps.mean(dim=0), voxel_size, origin)
     std = Volume(maps.std(dim=0), voxel_size, origin) if spec.samples > 1 else None
 

@@ -299,6 +299,13 @@ def _supplies_observation(op: Any) -> bool:
     return any(getattr(op, f, None) is not None for f in getattr(op, "observation_fields", ("half_maps",)))
 
 
+def _safe(check) -> bool:
+    try:
+        return bool(check())
+    except CryoinverseError:
+        return False  # a broken file is reported by file validation, with its own message
+
+
 def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
     """Cross-section checks that need no files: an observation where operators need one, etc."""
     where = _where(spec.source)
@@ -310,6 +317,11 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
                 problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
             else:
                 problems.append(f"{where}[operators.{i}] observation: missing; give observation = \"path\" in this operator's table")
+    for i, op in enumerate(spec.operators):
+        needs_poser = getattr(op, "needs_poser", None)
+        if spec.poser is None and needs_poser is not None and _safe(needs_poser):
+            section = "operator" if len(spec.operators) == 1 else f"operators.{i}"
+            problems.append(f"{where}[{section}] {op.name}: the poses are unknown; the task needs a [poser] section (pose models: cryoinverse list poser)")
     if spec.outputs.std is not None and spec.samples < 2:
         problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
     if problems:
@@ -319,6 +331,7 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
 def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
     """(section, field, path) of every map path set in the spec, components included."""
     found = []
+    single_images = len(spec.operators) == 1 and getattr(spec.operators[0], "observes", "volume") != "volume"
     named = [("inputs", spec.inputs), ("prior", spec.prior), ("sampler", spec.sampler), ("poser", spec.poser)]
     named += [("operator" if len(spec.operators) == 1 else f"operators.{i}", op) for i, op in enumerate(spec.operators)]
     for section, obj in named:
@@ -328,6 +341,8 @@ def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
             value = getattr(obj, f.name)
             if value is None or not f.metadata.get("map"):
                 continue
+            if single_images and section == "inputs" and f.name == "observation":
+                continue  # an image stack, read by the operator
             for p in value if isinstance(value, (list, tuple)) else [value]:
                 found.append((section, f.name, Path(p)))
     for i, (op, path) in enumerate(zip(spec.operators, spec.observations)):
@@ -367,7 +382,8 @@ def validate_files(spec: TaskSpec) -> list[tuple[str, str, "object"]]:
                     f"{where}[{section}] {field}: voxel size {h.voxel_size:g} A does not match "
                     f"[{s0}] {f0} ({h0.voxel_size:g} A)"
                 )
-    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None:
+    images = any(getattr(op, "observes", "volume") != "volume" for op in spec.operators)
+    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None and not images:
         problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
     if problems:
         raise SpecError(problems)

@@ -228,7 +228,7 @@ def split_image_name(name: str) -> tuple[int, str]:
 
 def _format(value) -> str:
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6f}" if abs(float(value)) >= 1e-3 or value == 0 else f"{float(value):.6e}"
+        return repr(float(value))  # shortest text that reads back to the same float
     text = str(value)
     return f'"{text}"' if (not text or any(c.isspace() for c in text)) else text
 

@@ -1,0 +1,383 @@
+"""`projection`: particle images = projections of the map along z after each image's pose,
+in-plane shift and optional CTF, plus white Gaussian noise.
+
+    y_i = CTF_i * P(R_i, s_i) x + n_i,    n_i ~ N(0, noise_variance I)  per pixel,
+
+with the projection P, the rotation R_i (volume -> image frame) and the shift s_i (Å, content
+moves by +s) of `cryoinverse.projection` and `cryoinverse.rotations`, and the CTF of
+`cryoinverse.ctf` (RELION's sign). Many images make one observation: a stack (N, n, n) of
+n x n images whose pixel size equals the map's voxel size, for maps of n^3 voxels.
+
+Poses and CTFs come from a RELION STAR file: R = Euler_angles2matrix(rlnAngleRot, rlnAngleTilt,
+rlnAnglePsi), and s = -(rlnOriginXAngst, rlnOriginYAngst) (or -(rlnOriginX, rlnOriginY) x pixel
+size): RELION's origin is where the particle centre is *taken from*, so its predicted image is
+the projection shifted by minus the origin (ObservationModel::predictObservation). Images come
+from `particles` (one per STAR row, in order) or from the STAR's rlnImageName (INDEX@STACK,
+relative to the STAR's folder). In Python, `Projection.from_poses` takes poses directly.
+
+Without poses (`poses_known = false`, no STAR, or a STAR without angles) the task needs a pose
+model (a poser); posers are a later issue, so `prepare` stops with a SpecError saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import attrs
+import numpy as np
+import torch
+
+from cryoinverse.components import PrepareContext
+from cryoinverse.ctf import CTFParams, ctf_grid
+from cryoinverse.errors import DataError, SpecError
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.mrc import _open as open_mrc
+from cryoinverse.params import one_of, param, positive
+from cryoinverse.projection import project_fourier, project_real, shift_and_filter
+from cryoinverse.rotations import euler_zyz_to_matrix
+from cryoinverse.star import pixel_size_of, read_particles, split_image_name
+
+ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def read_stack(path: str | Path, indices: np.ndarray | None = None) -> tuple[torch.Tensor, float | None]:
+    """Images (N, n, n) float32 of an MRC stack (or one 2D image), and its header pixel size (Å, None if unset).
+
+    `indices` (0-based) selects images. A 3D file is read as a stack whatever its space group.
+    """
+    path = Path(path)
+    with open_mrc(path, header_only=False) as mrc:
+        data = np.asarray(mrc.data)
+        vs = float(mrc.voxel_size.x)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise DataError(f"{path}: holds {data.ndim}D data; an image stack (N, n, n) is needed")
+    if np.iscomplexobj(data):
+        raise DataError(f"{path}: holds complex data; real-space images are needed")
+    if data.shape[1] != data.shape[2]:
+        raise DataError(f"{path}: images are {data.shape[2]}x{data.shape[1]} pixels; square images are needed")
+    if indices is not None:
+        bad = indices[(indices < 0) | (indices >= data.shape[0])]
+        if bad.size:
+            raise DataError(f"{path}: has {data.shape[0]} images; image {int(bad[0]) + 1} was asked for")
+        data = data[indices]
+    data = data.astype(np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise DataError(f"{path}: contains {int(bad.sum())} NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(data)), (vs if np.isfinite(vs) and vs > 0 else None)
+
+
+def _stack_header(path: Path) -> tuple[int, int, float | None]:
+    """(number of images, edge n, pixel size or None) from the header alone."""
+    with open_mrc(path, header_only=True) as mrc:
+        h = mrc.header
+        nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+        vs = float(mrc.voxel_size.x)
+    if nx != ny:
+        raise DataError(f"{path}: images are {nx}x{ny} pixels; square images are needed")
+    return nz, nx, (vs if np.isfinite(vs) and vs > 0 else None)
+
+
+@attrs.define
+class Projection:
+    """Particle images: projections of the map after rotation and shift, optional CTF, white noise."""
+
+    name: ClassVar[str] = "projection"
+    observes: ClassVar[str] = "images"
+    observation_fields: ClassVar[tuple[str, ...]] = ("particles", "star", "images")
+
+    particles: Path | None = param(None, help="particle stack (.mrcs), one image per STAR row in order")
+    star: Path | None = param(
+        None,
+        help="RELION STAR file: angles rlnAngleRot/Tilt/Psi, shifts rlnOriginX/YAngst (or rlnOriginX/Y in pixels), "
+        "CTF columns; images from rlnImageName when particles is not given",
+    )
+    method: str = param("fourier", help="projection: fourier (Fourier-slice) or real (line integrals)", validator=one_of("fourier", "real"))
+    ctf: bool = param(True, help="apply each image's CTF from the STAR file")
+    noise_variance: float = param(1.0, help="per-pixel white noise variance of the images (density units squared)", validator=positive)
+    poses_known: bool = param(True, help="false: the poses are to be estimated by a poser (not available yet)")
+    pixel_size: float | None = param(None, help="image pixel size in Å, overriding the STAR file and the stack header", validator=positive)
+
+    _rotations: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _shifts: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _ctf_params: CTFParams | None = attrs.field(default=None, init=False, repr=False)
+    _images: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _sources: list | None = attrs.field(default=None, init=False, repr=False)
+    _box: int | None = attrs.field(default=None, init=False, repr=False)
+    _pixel: float | None = attrs.field(default=None, init=False, repr=False)
+    _cache: dict = attrs.field(factory=dict, init=False, repr=False)
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_poses(
+        cls,
+        rotations: torch.Tensor,
+        shifts: torch.Tensor | None = None,
+        ctf_params: CTFParams | None = None,
+        noise_variance: float = 1.0,
+        pixel_size: float = 1.0,
+        method: str = "fourier",
+        images: torch.Tensor | None = None,
+    ) -> "Projection":
+        """An operator with poses given directly: rotations (N, 3, 3), shifts (N, 2) in Å (x, y)."""
+        op = cls(method=method, ctf=ctf_params is not None, noise_variance=noise_variance, pixel_size=pixel_size)
+        op._set_poses(torch.as_tensor(rotations), None if shifts is None else torch.as_tensor(shifts), ctf_params)
+        op._pixel = float(pixel_size)
+        if images is not None:
+            op._set_images(torch.as_tensor(images), "images")
+        return op
+
+    def _set_poses(self, rotations: torch.Tensor, shifts: torch.Tensor | None, ctf_params: CTFParams | None) -> None:
+        rotations = rotations.to(torch.float64)
+        if rotations.ndim != 3 or rotations.shape[-2:] != (3, 3):
+            raise ValueError(f"rotations must be (N, 3, 3); got {tuple(rotations.shape)}")
+        n = rotations.shape[0]
+        shifts = torch.zeros(n, 2, dtype=torch.float64) if shifts is None else shifts.to(torch.float64)
+        if tuple(shifts.shape) != (n, 2):
+            raise ValueError(f"shifts must be (N, 2) = ({n}, 2) in Å; got {tuple(shifts.shape)}")
+        if ctf_params is not None and len(ctf_params) not in (1, n):
+            raise ValueError(f"CTF parameters are given for {len(ctf_params)} images, poses for {n}")
+        self._rotations, self._shifts, self._ctf_params = rotations, shifts, ctf_params
+        self._cache.clear()
+
+    def _set_images(self, images: torch.Tensor, where: str) -> torch.Tensor:
+        if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+            raise DataError(f"{where}: images must be a stack (N, n, n); got shape {tuple(images.shape)}")
+        if self._rotations is not None and images.shape[0] != self._rotations.shape[0]:
+            raise DataError(f"{where}: {images.shape[0]} images but {self._rotations.shape[0]} poses")
+        if self._box is not None and images.shape[-1] != self._box:
+            raise DataError(f"{where}: images are {images.shape[-1]}x{images.shape[-1]}; expected {self._box}x{self._box}")
+        self._box = int(images.shape[-1])
+        self._images = images.to(torch.float32)
+        return self._images
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """The observed stack (N, n, n) when it was given or loaded, else None."""
+        return self._images
+
+    @property
+    def rotations(self) -> torch.Tensor:
+        """Rotations (N, 3, 3) float64, volume frame -> image frame."""
+        if self._rotations is None:
+            raise RuntimeError("projection has no poses yet: call prepare(ctx) or use Projection.from_poses")
+        return self._rotations
+
+    @property
+    def shifts(self) -> torch.Tensor:
+        """In-plane shifts (N, 2) in Å, (x, y); content moves by +shift."""
+        self.rotations  # noqa: B018 - raises when there are no poses
+        return self._shifts
+
+    @property
+    def ctf_params(self) -> CTFParams | None:
+        """Per-image CTF parameters, or None when no CTF is applied."""
+        return self._ctf_params if self.ctf else None
+
+    @property
+    def n_images(self) -> int:
+        return self.rotations.shape[0]
+
+    # -- spec hooks ----------------------------------------------------------------------------
+
+    def needs_poser(self) -> bool:
+        """True when the poses are unknown and must come from a poser."""
+        if not self.poses_known:
+            return True
+        if self._rotations is not None:
+            return False
+        if self.star is None:
+            return True
+        try:
+            table = read_particles(self.star)
+        except DataError:
+            return False  # prepare reports the unreadable file
+        return any(c not in table for c in ANGLE_COLUMNS)
+
+    def _poser_needed(self, why: str) -> SpecError:
+        return SpecError(
+            f"[operator] projection: {why}, so the poses must be estimated by a poser; no poser is "
+            "available yet (pose estimation is a later issue). Give the poses in a RELION STAR file "
+            "(star = \"particles.star\" with rlnAngleRot, rlnAngleTilt, rlnAnglePsi)"
+        )
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Read poses, shifts and CTFs from the STAR file; check the image geometry against the maps."""
+        if not self.poses_known:
+            raise self._poser_needed("poses_known = false")
+        if self._rotations is None:
+            if self.star is None:
+                raise self._poser_needed("no star file gives the poses")
+            self._load_star(Path(self.star))
+        if self.particles is not None and self._images is None:
+            count, n, vs = _stack_header(Path(self.particles))
+            if count != self.n_images:
+                raise SpecError(
+                    f"[operator] particles: {Path(self.particles).name} holds {count} images but the STAR file "
+                    f"has {self.n_images} rows; give one STAR row per image, in order"
+                )
+            self._box = n
+            if self._pixel is None:
+                self._pixel = vs
+        self._check_geometry(ctx)
+
+    def _load_star(self, path: Path) -> None:
+        where = f"[operator] star: {path}"
+        if not path.is_file():
+            raise SpecError(f"{where}: file not found")
+        try:
+            table = read_particles(path)
+        except DataError as exc:
+            raise SpecError(f"[operator] star: {exc}") from None
+        missing = [c for c in ANGLE_COLUMNS if c not in table]
+        if missing:
+            raise self._poser_needed(f"{path.name} has no angles ({', '.join(missing)} missing)")
+        try:
+            pixel = self.pixel_size or pixel_size_of(table, path)
+        except DataError as exc:
+            raise SpecError(f"[operator] star: {exc}") from None
+        if len(table[ANGLE_COLUMNS[0]]) == 0:
+            raise SpecError(f"{where}: has no particle rows")
+        rot, tilt, psi = (torch.from_numpy(np.asarray(table[c], dtype=np.float64)) for c in ANGLE_COLUMNS)
+        rotations = euler_zyz_to_matrix(rot, tilt, psi)
+        origin = None
+        if "rlnOriginXAngst" in table and "rlnOriginYAngst" in table:
+            origin = np.stack([table["rlnOriginXAngst"], table["rlnOriginYAngst"]], axis=-1).astype(np.float64)
+        elif "rlnOriginX" in table and "rlnOriginY" in table:
+            if pixel is None:
+                raise SpecError(f"{where}: shifts are in pixels (rlnOriginX/Y) but no pixel size is known; set pixel_size")
+            origin = np.stack([table["rlnOriginX"], table["rlnOriginY"]], axis=-1).astype(np.float64) * pixel
+        shifts = None if origin is None else -torch.from_numpy(origin)  # RELION: predicted = projection shifted by -origin
+        ctf_params = None
+        if self.ctf:
+            try:
+                ctf_params = CTFParams.from_star(table)
+            except (DataError, ValueError) as exc:
+                raise SpecError(f"[operator] ctf: {path.name}: {exc}; set ctf = false to project without a CTF") from None
+        self._set_poses(rotations, shifts, ctf_params)
+        if "rlnImageName" in table and self.particles is None:
+            self._sources = self._image_sources(path, table["rlnImageName"])
+            headers = [_stack_header(f) for f, _ in self._sources]
+            sizes = sorted({n for _, n, _ in headers})
+            if len(sizes) > 1:
+                raise SpecError(f"{where}: the stacks named by rlnImageName have different image sizes {sizes}")
+            self._box = sizes[0]
+            if pixel is None:
+                pixel = headers[0][2]
+        self._pixel = pixel
+
+    @staticmethod
+    def _image_sources(star: Path, names: np.ndarray) -> list[tuple[Path, np.ndarray]]:
+        """[(stack file, 0-based indices)] in row order runs; stacks relative to the STAR's folder (or cwd)."""
+        sources: list[tuple[Path, list[int]]] = []
+        for name in np.asarray(names).tolist():
+            try:
+                index, file = split_image_name(str(name))
+            except DataError as exc:
+                raise SpecError(f"[operator] star: {star}: {exc}") from None
+            candidates = [star.parent / file, Path(file)]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise SpecError(f"[operator] star: {star}: image stack {file} not found (looked beside the STAR file and in the working folder)")
+            if sources and sources[-1][0] == found:
+                sources[-1][1].append(index)
+            else:
+                sources.append((found, [index]))
+        return [(f, np.asarray(i, dtype=np.int64)) for f, i in sources]
+
+    def _check_geometry(self, ctx: PrepareContext | None) -> None:
+        if ctx is None or self._box is None or ctx.shape is None or None in tuple(ctx.shape):
+            return
+        n = self._box
+        if tuple(ctx.shape) != (n, n, n):
+            raise SpecError(
+                f"[operator] projection: the images are {n}x{n} pixels but the task's maps are "
+                f"{'x'.join(map(str, ctx.shape))} voxels; maps must be {n}^3 (same sampling as the images)"
+            )
+        if ctx.voxel_size is None:
+            return
+        if self._pixel is None:
+            self._pixel = float(ctx.voxel_size)
+        elif abs(self._pixel - ctx.voxel_size) > 1e-3 * self._pixel:
+            raise SpecError(
+                f"[operator] projection: the images have {self._pixel:g} Å pixels but the task's maps have "
+                f"{ctx.voxel_size:g} Å voxels; they must be equal (set [operator] pixel_size or [inputs] voxel_size "
+                "if a header is wrong, or resample the maps)"
+            )
+
+    def load_observation(self, path: str | Path, voxel_size: float | None = None) -> torch.Tensor:
+        """The particle stack at `path` as a tensor (N, n, n); `voxel_size` is the pixel size if none is known."""
+        images, vs = read_stack(path)
+        if self._pixel is None:
+            self._pixel = float(voxel_size or vs or 1.0)
+        return self._set_images(images, str(path))
+
+    def default_observation(self) -> torch.Tensor | None:
+        """The stack from `particles`, or from the STAR's rlnImageName (after `prepare`)."""
+        if self._images is not None:
+            return self._images
+        if self.particles is not None:
+            images, vs = read_stack(self.particles)
+            if self._pixel is None:
+                self._pixel = vs
+            return self._set_images(images, str(self.particles))
+        if self._sources:
+            stacks = [read_stack(f, idx)[0] for f, idx in self._sources]
+            return self._set_images(torch.cat(stacks), f"[operator] star: {self.star}")
+        return None
+
+    def volume_geometry(self) -> tuple[tuple[int, int, int], float] | None:
+        """((n, n, n), pixel size in Å) of the maps these images see, once the stack is known."""
+        if self._box is None:
+            return None
+        return (self._box,) * 3, float(self._pixel or 1.0)
+
+    # -- the operator --------------------------------------------------------------------------
+
+    def _filters(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        params = self.ctf_params
+        if params is None:
+            return None
+        key = ("ctf", n, str(device), dtype)
+        if key not in self._cache:
+            values = ctf_grid(params, n, float(self._pixel or 1.0))
+            if values.shape[0] == 1 and self.n_images > 1:
+                values = values.expand(self.n_images, n, n)
+            self._cache[key] = values.to(device=device, dtype=dtype).contiguous()
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise-free images: (n, n, n) -> (N, n, n), batch (B, n, n, n) -> (B, N, n, n)."""
+        pixel = float(self._pixel or 1.0)
+        rotations = self.rotations.to(device=x.device, dtype=x.dtype)
+        shifts = self.shifts.to(device=x.device, dtype=x.dtype)
+        has_shift = bool(self.shifts.abs().max() > 0) if self.shifts.numel() else False
+        filters = self._filters(x.shape[-1], x.device, x.dtype)
+        if self.method == "real":
+            images = project_real(x, rotations, shifts if has_shift else None, pixel)
+            return shift_and_filter(images, None, filters)
+        images = project_fourier(x, rotations, None, pixel)
+        return shift_and_filter(images, shifts / pixel if has_shift else None, filters)
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-1/2 sum over images and pixels of (A x - y)^2 / noise_variance: (B,) for a batch, () for one map."""
+        residual = self.forward(x) - y.to(device=x.device, dtype=x.dtype)
+        return -0.5 * residual.square().sum(dim=(-3, -2, -1)) / self.noise_variance
+
+    def simulate(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noisy images A x + n with white noise of `noise_variance` per pixel."""
+        clean = self.forward(x)
+        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype, device=clean.device)
+        return clean + math.sqrt(self.noise_variance) * noise
+
+
+@hookimpl
+def register_operators(register):
+    register(Projection)
