@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import attrs
+import mrcfile
 import numpy as np
 import torch
 
@@ -40,6 +41,53 @@ from cryoinverse.rotations import euler_zyz_to_matrix
 from cryoinverse.star import pixel_size_of, read_particles, split_image_name
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def write_particles(
+    stack: str | Path,
+    star: str | Path,
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    shifts: torch.Tensor | None,
+    pixel_size: float,
+    ctf: CTFParams | None = None,
+) -> tuple[Path, Path]:
+    """Write images (N, n, n) as an MRC stack and their poses (and CTF) as a RELION 3.1 STAR file.
+
+    Shifts are in Å (x, y), written as rlnOriginX/YAngst = -shift (RELION's sign); the STAR's
+    rlnImageName points at the stack by its file name, so keep the two files side by side.
+    Both are written atomically.
+    """
+    from cryoinverse.mrc import atomic_path
+    from cryoinverse.rotations import matrix_to_euler_zyz
+    from cryoinverse.star import write_star
+
+    stack, star = Path(stack), Path(star)
+    count = images.shape[0]
+    with atomic_path(stack) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(images.detach().to("cpu", torch.float32).numpy())
+            mrc.set_image_stack()
+            mrc.voxel_size = pixel_size
+    rot, tilt, psi = matrix_to_euler_zyz(torch.as_tensor(rotations, dtype=torch.float64))
+    shifts = torch.zeros(count, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts, dtype=torch.float64)
+    particles = {
+        "rlnImageName": [f"{i + 1}@{stack.name}" for i in range(count)],
+        "rlnAngleRot": rot.numpy(), "rlnAngleTilt": tilt.numpy(), "rlnAnglePsi": psi.numpy(),
+        "rlnOriginXAngst": (-shifts[:, 0]).numpy(), "rlnOriginYAngst": (-shifts[:, 1]).numpy(),
+        "rlnOpticsGroup": np.ones(count, dtype=int),
+    }
+    optics = {"rlnOpticsGroup": [1], "rlnImagePixelSize": [pixel_size], "rlnImageSize": [images.shape[-1]]}
+    if ctf is not None:
+        first = lambda v: float(torch.as_tensor(v).reshape(-1)[0])  # noqa: E731 (one optics group)
+        optics.update(rlnVoltage=[first(ctf.voltage)], rlnSphericalAberration=[first(ctf.cs)], rlnAmplitudeContrast=[first(ctf.amplitude_contrast)])
+        particles.update(
+            rlnDefocusU=torch.as_tensor(ctf.defocus_u).expand(count).numpy(),
+            rlnDefocusV=torch.as_tensor(ctf.defocus_v).expand(count).numpy(),
+            rlnDefocusAngle=torch.as_tensor(ctf.defocus_angle).expand(count).numpy(),
+        )
+    write_star(star, {"optics": optics, "particles": particles})
+    return stack, star
 
 
 def read_stack(path: str | Path, indices: np.ndarray | None = None) -> tuple[torch.Tensor, float | None]:
