@@ -7,6 +7,7 @@ written atomically, so an interrupted run leaves no partial file under a final n
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def _observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any
 def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None) -> RunResult:
     """Run `spec` in memory (no files written); `observation` overrides inputs.observation."""
     check_structure(spec, observation_given=observation is not None)
-    validate_files(spec)
+    validate_files(spec, geometry_given=observation is not None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     device = resolve_device(spec.device)
@@ -120,13 +121,18 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     timings["load_and_prepare_s"] = time.perf_counter() - t0
 
     generator = torch.Generator(device=device).manual_seed(spec.seed)
+    # All initial noise is drawn at once, so the samples do not depend on the batch size.
     init = torch.randn((spec.samples, *shape), generator=generator, device=device, dtype=torch.float32)
     steps = getattr(spec.sampler, "steps", 1)
+    batch = spec.batch or spec.samples
     t1 = time.perf_counter()
-    with progress(steps, f"{spec.sampler.name}") as update:
-        maps = spec.sampler.run(spec.prior, likelihood, init, generator=generator, progress=update)
+    chunks = []
+    with progress(steps * math.ceil(spec.samples / batch), f"{spec.sampler.name}") as update:
+        for start in range(0, spec.samples, batch):
+            out = spec.sampler.run(spec.prior, likelihood, init[start : start + batch], generator=generator, progress=update)
+            chunks.append(out.detach().to("cpu", torch.float32))
     timings["sample_s"] = time.perf_counter() - t1
-    maps = maps.detach().to("cpu", torch.float32)
+    maps = torch.cat(chunks)
     if not torch.isfinite(maps).all():
         raise DataError("sampling diverged (NaN or infinite values); lower sampler.lam_base or raise sampler.steps")
     like = geometry or observation

@@ -80,6 +80,7 @@ class TaskSpec:
     seed: int = param(0, help="random seed of the initial noise and of everything random")
     device: str = param("auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'", validator=_device)
     samples: int = param(1, help="number of posterior samples; their mean and std maps are written", validator=positive)
+    batch: int | None = param(None, help="samples run together in one batch (default: all; lower it to save memory)", validator=positive)
     observations: list = param(factory=list, help="per-operator observation paths (None: inputs.observation or the operator's own)")
     source: Path | None = attrs.field(default=None, metadata={"help": "the task file this spec came from"})
 
@@ -96,7 +97,7 @@ class TaskSpec:
         return self.operators[0] if self.operators else None
 
 
-TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples"}
+TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples", "batch"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -266,7 +267,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
             continue
         built[section], errs = build_attrs(cls, table, section, source)
         problems += errs
-    settings = {k: raw[k] for k in ("seed", "device", "samples") if k in raw}
+    settings = {k: raw[k] for k in ("seed", "device", "samples", "batch") if k in raw}
     top, errs = build_attrs(_Settings, settings, "task", source)
     problems += errs
     if problems:
@@ -282,6 +283,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         seed=top.seed,
         device=top.device,
         samples=top.samples,
+        batch=top.batch,
         source=source,
     )
     check_structure(spec)
@@ -293,6 +295,7 @@ class _Settings:
     seed: int = param(0, help="random seed")
     device: str = param("auto", help="'auto', 'cpu' or 'cuda[:N]'", validator=_device)
     samples: int = param(1, help="number of posterior samples", validator=positive)
+    batch: int | None = param(None, help="samples run together in one batch", validator=positive)
 
 
 def _supplies_observation(op: Any) -> bool:
@@ -351,7 +354,7 @@ def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
     return found
 
 
-def validate_files(spec: TaskSpec) -> list[tuple[str, str, "object"]]:
+def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[str, str, "object"]]:
     """Every map exists, is readable, cubic, and all agree in box and voxel size; returns headers."""
     where = _where(spec.source)
     problems: list[str] = []
@@ -383,7 +386,7 @@ def validate_files(spec: TaskSpec) -> list[tuple[str, str, "object"]]:
                     f"[{s0}] {f0} ({h0.voxel_size:g} A)"
                 )
     images = any(getattr(op, "observes", "volume") != "volume" for op in spec.operators)
-    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None and not images:
+    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None and not (images or geometry_given):
         problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
     if problems:
         raise SpecError(problems)
@@ -409,6 +412,7 @@ def spec_to_dict(spec: TaskSpec) -> dict:
         "seed": spec.seed,
         "device": spec.device,
         "samples": spec.samples,
+        "batch": spec.batch,
     }
 
 
