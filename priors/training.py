@@ -1,0 +1,267 @@
+"""`cryoinverse train prior`: rectified-flow training of a learned prior (CryoFM section 3, DESIGN.md section 8).
+
+Data: a folder of MRC maps, each resampled (Fourier crop/pad) to the target voxel size and
+normalised as CryoFM-1 (clip below 0, divide by the 99.999th percentile, z = (x - 0.04) / 0.09).
+Each example is a random crop of `box`^3 with a random rotation: uniform on SO(3) by trilinear
+resampling, or (`rot24`) one of the 24 exact cube rotations. Objective: t ~ U(0, 1),
+x0 ~ N(0, I), x_t = t x1 + (1 - t) x0, loss = mean |v(x_t, t) - (x1 - x0)|^2.
+Optimiser: AdamW (betas 0.9, 0.98; weight decay 0.01) with linear warm-up, gradient clipping,
+an EMA of the weights (the EMA is what gets saved as the prior); bf16 autocast on CUDA.
+Checkpoints (model, EMA, optimiser, step, RNG state) every `checkpoint_every` steps and at the
+end, written atomically; `resume` continues from the last one. Under `torchrun` the model is
+wrapped in DistributedDataParallel and each rank draws its own examples; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import click
+import torch
+import torch.nn.functional as F
+
+from cryoinverse.errors import DataError, SpecError
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.mrc import atomic_path, read_volume
+from cryoinverse.params import param, positive
+from cryoinverse.rotations import random_rotations
+
+BACKGROUND_Z = (0.0 - 0.04) / 0.09  # a zero density in CryoFM-1 units: the padding value
+
+
+def cryofm_normalize(x: torch.Tensor, percentile: float = 99.999) -> tuple[torch.Tensor, float]:
+    """CryoFM-1 normalisation of one map: (z, scale) with z = (clip(x, 0) / scale - 0.04) / 0.09."""
+    clipped = x.clamp(min=0)
+    flat = clipped.reshape(-1).to(torch.float64)
+    k = max(1, int(math.ceil(percentile / 100 * flat.numel())))
+    scale = float(flat.kthvalue(k).values)
+    if not scale > 0:
+        raise DataError("map has no positive density; it cannot be normalised")
+    return ((clipped / scale - 0.04) / 0.09).to(torch.float32), scale
+
+
+@attrs.frozen
+class TrainConfig:
+    """Settings of one training run (every field is a CLI option of `cryoinverse train prior`)."""
+
+    data: Path = param(help="folder of clean MRC maps (*.mrc, *.map)")
+    out: Path = param(help="output folder: checkpoint.pt, prior.safetensors + prior.json, log.jsonl")
+    arch: str = param("tiny", help="architecture config name (see priors/hdit.py)")
+    box: int = param(32, help="training crop edge in voxels", validator=positive)
+    voxel_size: float = param(1.5, help="voxel size in Angstrom the maps are resampled to", validator=positive)
+    steps: int = param(1000, help="optimiser steps", validator=positive)
+    batch_size: int = param(4, help="crops per step (per rank)", validator=positive)
+    lr: float = param(1e-4, help="peak learning rate", validator=positive)
+    warmup: int = param(200, help="linear warm-up steps")
+    weight_decay: float = param(0.01, help="AdamW weight decay")
+    ema_decay: float = param(0.999, help="EMA decay of the saved weights")
+    grad_clip: float = param(1.0, help="gradient-norm clip")
+    rot24: bool = param(False, help="rotate by the 24 exact cube rotations instead of uniform SO(3)")
+    seed: int = param(0, help="random seed")
+    device: str = param("auto", help="auto, cpu or cuda[:N]")
+    checkpoint_every: int = param(500, help="steps between checkpoints", validator=positive)
+    log_every: int = param(10, help="steps between log lines", validator=positive)
+
+
+def load_training_maps(folder: Path, voxel_size: float, box: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """Normalised maps (each at least `box` per edge after padding) and a summary of what went in."""
+    from cryoinverse.resample import fourier_resample
+
+    paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".mrc", ".map"))
+    if not paths:
+        raise DataError(f"{folder}: no .mrc or .map files to train on")
+    maps, summary = [], []
+    for path in paths:
+        volume = read_volume(path)
+        if abs(volume.voxel_size - voxel_size) > 1e-3 * voxel_size:
+            volume = fourier_resample(volume, voxel_size)
+        z, scale = cryofm_normalize(volume.data)
+        pad = [max(0, box - s) for s in z.shape]
+        if any(pad):
+            z = F.pad(z, [0, pad[2], 0, pad[1], 0, pad[0]], value=BACKGROUND_Z)
+        maps.append(z)
+        summary.append({"file": path.name, "shape": list(volume.shape), "voxel_size": volume.voxel_size, "scale": scale})
+    return maps, summary
+
+
+def _rot24(x: torch.Tensor, index: int) -> torch.Tensor:
+    """Cube rotation `index` (0..23): one of 6 faces brought to z, then 0-3 quarter turns about z."""
+    face, turn = divmod(index, 4)
+    dims = (-3, -2, -1)
+    if face < 4:
+        x = torch.rot90(x, face, dims=(dims[0], dims[1]))
+    elif face == 4:
+        x = torch.rot90(x, 1, dims=(dims[0], dims[2]))
+    else:
+        x = torch.rot90(x, -1, dims=(dims[0], dims[2]))
+    return torch.rot90(x, turn, dims=(dims[1], dims[2]))
+
+
+def random_crop(volume: torch.Tensor, box: int, generator: torch.Generator, rot24: bool) -> torch.Tensor:
+    """A `box`^3 crop with a random rotation (trilinear on SO(3), or an exact cube rotation)."""
+    if rot24:
+        starts = [int(torch.randint(0, s - box + 1, (1,), generator=generator)) for s in volume.shape]
+        crop = volume[starts[0] : starts[0] + box, starts[1] : starts[1] + box, starts[2] : starts[2] + box]
+        return _rot24(crop, int(torch.randint(0, 24, (1,), generator=generator)))
+    reach = int(math.ceil(box * math.sqrt(3))) + 1  # a rotated box fits inside this cube
+    padded = volume
+    pads = [max(0, reach - s) for s in volume.shape]
+    if any(pads):
+        widths = [w for p in reversed(pads) for w in (p // 2, p - p // 2)]  # F.pad wants (x, y, z) pairs
+        padded = F.pad(volume, widths, value=BACKGROUND_Z)
+    starts = [int(torch.randint(0, s - reach + 1, (1,), generator=generator)) for s in padded.shape]
+    region = padded[starts[0] : starts[0] + reach, starts[1] : starts[1] + reach, starts[2] : starts[2] + reach]
+    rotation = random_rotations(1, generator).to(torch.float32)[0]  # acts on (x, y, z)
+    lin = (torch.arange(box, dtype=torch.float32) - (box - 1) / 2) * 2 / (reach - 1)
+    gz, gy, gx = torch.meshgrid(lin, lin, lin, indexing="ij")
+    xyz = torch.stack([gx, gy, gz], dim=-1) @ rotation  # rows: R^T applied to each (x, y, z)
+    sample = F.grid_sample(region[None, None] - BACKGROUND_Z, xyz[None], mode="bilinear", align_corners=True)
+    return sample[0, 0] + BACKGROUND_Z
+
+
+def flow_matching_loss(model: Callable, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rectified-flow loss mean |v(x_t, t) - (x1 - x0)|^2 for a batch of clean normalised crops."""
+    x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    t = torch.rand(x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype)
+    tb = t.view(-1, 1, 1, 1)
+    x_t = tb * x1 + (1 - tb) * x0
+    return (model(x_t, t) - (x1 - x0)).float().square().mean()
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module], save_prior: Callable, echo: Callable[[str], None] = print, progress=None) -> Path:
+    """Train, checkpoint and save the EMA prior; returns the path of the saved weights."""
+    from cryoinverse.runner import resolve_device
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    maps, summary = load_training_maps(cfg.data, cfg.voxel_size, cfg.box)
+    model = build_model(cfg.arch).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    device_generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank + 1)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = cfg.out / "checkpoint.pt"
+    step = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config"]["arch"] != cfg.arch or state["config"]["box"] != cfg.box:
+            raise SpecError(f"{checkpoint}: was trained with arch {state['config']['arch']!r}, box {state['config']['box']}; use another --out")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        step = state["step"]
+        echo(f"resumed from {checkpoint} at step {step}")
+    log = open(cfg.out / "log.jsonl", "a") if rank == 0 else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    started, losses = time.perf_counter(), []
+    try:
+        while step < cfg.steps:
+            picks = torch.randint(0, len(maps), (cfg.batch_size,), generator=generator)
+            x1 = torch.stack([random_crop(maps[int(i)], cfg.box, generator, cfg.rot24) for i in picks]).to(device)
+            for group in optimiser.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            with autocast:
+                loss = flow_matching_loss(net, x1, device_generator)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimiser.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            losses.append(float(loss))
+            if progress is not None:
+                progress(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                entry = {"step": step, "loss": sum(losses) / len(losses), "lr": _lr_at(step - 1, cfg), "elapsed_s": time.perf_counter() - started}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                losses = []
+            if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                _save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                    "generator": generator.get_state(), "step": step, "config": attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v),
+                })
+    finally:
+        if log is not None:
+            log.close()
+    weights = cfg.out / "prior.safetensors"
+    if rank == 0:
+        meta = {
+            "voxel_size": cfg.voxel_size, "box": cfg.box, "normalization": "cryofm-1",
+            "training": {"steps": cfg.steps, "batch_size": cfg.batch_size * world, "lr": cfg.lr, "rot24": cfg.rot24, "seed": cfg.seed, "maps": summary},
+        }
+        save_prior(weights, ema, cfg.arch, meta)
+    if world > 1:
+        torch.distributed.barrier()
+    return weights
+
+
+def _options_from(cls):
+    """click options from the attrs fields of `cls` (name, type, default, help)."""
+
+    def decorate(fn):
+        for f in reversed(attrs.fields(cls)):
+            name = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if f.type in (bool, "bool"):
+                fn = click.option(name, f.name, is_flag=True, default=f.default, help=help_text)(fn)
+            elif f.default is attrs.NOTHING:
+                fn = click.option(name, f.name, required=True, type=click.Path(path_type=Path), help=help_text)(fn)
+            else:
+                kind = {int: int, float: float, str: str}.get(type(f.default), str)
+                fn = click.option(name, f.name, type=kind, default=f.default, show_default=True, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+@click.group()
+def train() -> None:
+    """Train learned components (priors)."""
+
+
+@train.command("prior")
+@_options_from(TrainConfig)
+def train_prior_command(**options) -> None:
+    """Train a flow-matching prior on a folder of maps; writes prior.safetensors + prior.json."""
+    from cryoinverse.priors.cryofm import save_prior
+    from cryoinverse.priors.hdit import build_model
+    from cryoinverse.progress import bar
+
+    cfg = TrainConfig(**options)
+    with bar(cfg.steps, "train") as update:
+        weights = train_prior(cfg, build_model, save_prior, echo=lambda s: click.echo(s, err=True), progress=update)
+    click.echo(f"wrote {weights} and {weights.with_suffix('.json')}")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(train)
