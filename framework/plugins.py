@@ -28,6 +28,8 @@ DEFAULT_PLUGINS = (
     "cryoinverse.operators.projection",
     "cryoinverse.simulate",
     "cryoinverse.bench",
+    "cryoinverse.loglik",
+    "cryoinverse.priors.cryofm",
 )
 
 _manager: pluggy.PluginManager | None = None
