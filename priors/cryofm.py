@@ -1,0 +1,408 @@
+"""`cryofm`: the learned flow prior of CryoFM, an HDiT velocity network loaded from safetensors.
+
+Files: `NAME.safetensors` (the parameters of `cryoinverse.priors.hdit.HDiT`) and `NAME.json`
+beside it, as `save_prior` writes them:
+
+    {
+      "format": "cryoinverse-prior",
+      "architecture": {"family": "hdit", "name": "cryofm-s", "box": 64, "patch": 4,
+                       "levels": [...], "mapping": {...}},
+      "normalization": {"kind": "cryofm-1", "percentile": 99.999, "offset": 0.04, "scale": 0.09},
+      "voxel_size": 1.5,                 # Angstrom per voxel of the training maps
+      "box": 64,                         # edge (voxels) of the training boxes
+      "time_convention": "noise-at-0",   # see below
+      "training": {...}                  # free-form summary: data, steps, EMA, ...
+    }
+
+`architecture` may give only a `name` of `cryoinverse.priors.hdit.CONFIGS`; given fields are
+authoritative. Loading checks every tensor's name and shape against the architecture and lists
+all missing, unexpected and mis-shaped tensors in one message.
+
+Time (this project's convention, DESIGN section 2): t = 0 noise, t = 1 data, the network
+predicts x1 - x0 on maps in normalised units. A network trained the other way (CryoFM's public
+code: noise at its end of time, velocity from data to noise) is declared with
+`"time_convention": "noise-at-1"`; it is then called at 1 - t and its velocity negated, here and
+nowhere else.
+
+Normalisation (CryoFM-1): z = (max(x, 0) / s - 0.04) / 0.09 with s the 99.999th percentile of
+the observed map, taken in `prepare(ctx)` and kept, so `denormalize` (x = (0.09 z + 0.04) s)
+inverts `normalize` for non-negative densities. The clip makes `normalize` lose negative
+densities (noise, solvent below zero): denormalize(normalize(x)) = max(x, 0). Without an
+observation (and without `scale`), s = 1: maps come out in units of that percentile.
+
+The prior works on boxes of the trained size only; other boxes are refused with a clear error
+(resampling and tiling are separate components).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+import torch
+
+from cryoinverse.components import PrepareContext
+from cryoinverse.errors import DataError, SpecError
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.mrc import atomic_path
+from cryoinverse.params import one_of, param, positive
+
+from .hdit import CONFIGS, LOCAL_BACKENDS, HDiT, HDiTConfig, config_by_name, natten_available
+
+FORMAT = "cryoinverse-prior"
+TIME_CONVENTIONS = ("noise-at-0", "noise-at-1")
+LISTED = 12  # tensor names listed per kind of mismatch before "... and N more"
+
+
+@attrs.frozen
+class Normalization:
+    """CryoFM-1: z = (max(x, 0) / s - offset) / scale, s the `percentile`-th percentile of the map."""
+
+    kind: str = "cryofm-1"
+    percentile: float = 99.999
+    offset: float = 0.04
+    scale: float = 0.09
+
+
+@attrs.frozen
+class PriorMeta:
+    """What the JSON beside the weights says: architecture, normalisation, training geometry."""
+
+    architecture: HDiTConfig
+    normalization: Normalization = Normalization()
+    voxel_size: float | None = None  # Angstrom per voxel of the training maps
+    box: int = 0  # training box edge (voxels); 0 = the architecture's box
+    time_convention: str = "noise-at-0"
+    training: dict = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.box:
+            object.__setattr__(self, "box", self.architecture.box)
+
+    def to_dict(self) -> dict:
+        """The JSON document (`read_meta` inverts it)."""
+        return {
+            "format": FORMAT,
+            "architecture": {"family": "hdit", **self.architecture.to_dict()},
+            "normalization": attrs.asdict(self.normalization),
+            "voxel_size": self.voxel_size,
+            "box": self.box,
+            "time_convention": self.time_convention,
+            "training": self.training,
+        }
+
+
+def meta_path(weights: str | Path) -> Path:
+    """The JSON config beside a weights file: `<stem>.json`."""
+    return Path(weights).with_suffix(".json")
+
+
+def _check_files(weights: Path) -> str | None:
+    """What is wrong with a weights path (None when both files are there)."""
+    if weights.suffix != ".safetensors":
+        return f"{weights}: expected a .safetensors file"
+    if not weights.is_file():
+        return f"{weights}: weights file not found"
+    if not meta_path(weights).is_file():
+        return (
+            f"{meta_path(weights)}: JSON config not found; the weights {weights.name} need "
+            f"{meta_path(weights).name} beside them (architecture, normalization, voxel_size, box)"
+        )
+    return None
+
+
+def read_meta(weights: str | Path) -> PriorMeta:
+    """Read and check the JSON config of a weights file (the tensors are not read)."""
+    weights = Path(weights)
+    problem = _check_files(weights)
+    if problem:
+        raise DataError(problem)
+    path = meta_path(weights)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    unknown = sorted(set(raw) - {"format", "architecture", "normalization", "voxel_size", "box", "time_convention", "training"})
+    if unknown:
+        raise DataError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    architecture = _architecture(path, raw.get("architecture"))
+    norm = raw.get("normalization", {})
+    try:
+        normalization = Normalization(**norm)
+    except TypeError as exc:
+        raise DataError(f"{path}: normalization: {exc}") from None
+    if normalization.kind != "cryofm-1":
+        raise DataError(f"{path}: normalization: unknown kind {normalization.kind!r}; known: 'cryofm-1'")
+    time_convention = raw.get("time_convention", "noise-at-0")
+    if time_convention not in TIME_CONVENTIONS:
+        raise DataError(f"{path}: time_convention: must be one of {', '.join(map(repr, TIME_CONVENTIONS))}; got {time_convention!r}")
+    box = raw.get("box") or architecture.box
+    if not isinstance(box, int) or box % architecture.granularity:
+        raise DataError(f"{path}: box: {box!r} is not a positive multiple of {architecture.granularity} (architecture {architecture.name!r})")
+    voxel_size = raw.get("voxel_size")
+    if voxel_size is not None and not (isinstance(voxel_size, (int, float)) and voxel_size > 0):
+        raise DataError(f"{path}: voxel_size: expected a positive number of Angstrom, got {voxel_size!r}")
+    return PriorMeta(
+        architecture=architecture,
+        normalization=normalization,
+        voxel_size=None if voxel_size is None else float(voxel_size),
+        box=box,
+        time_convention=time_convention,
+        training=raw.get("training") or {},
+    )
+
+
+def _architecture(path: Path, raw: Any) -> HDiTConfig:
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise DataError(f"{path}: architecture: missing; give {{\"name\": ...}} (known: {', '.join(sorted(CONFIGS))}) and its fields")
+    raw = dict(raw)
+    family = raw.pop("family", "hdit")
+    if family != "hdit":
+        raise DataError(f"{path}: architecture: unknown family {family!r}; known: 'hdit'")
+    name = raw["name"]
+    if set(raw) == {"name"}:
+        if name not in CONFIGS:
+            raise DataError(f"{path}: architecture: unknown architecture {name!r}; known: {', '.join(sorted(CONFIGS))}")
+        return CONFIGS[name]
+    try:
+        return HDiTConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: architecture {name!r}: {exc}") from None
+
+
+def _shapes_problem(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    """Lines naming missing, unexpected and mis-shaped tensors (empty when all match)."""
+
+    def listing(items: list[str]) -> str:
+        more = f", ... and {len(items) - LISTED} more" if len(items) > LISTED else ""
+        return ", ".join(items[:LISTED]) + more
+
+    missing = [f"{k} {tuple(expected[k])}" for k in sorted(set(expected) - set(found))]
+    unexpected = [f"{k} {tuple(found[k])}" for k in sorted(set(found) - set(expected))]
+    wrong = [
+        f"{k}: file {tuple(found[k])}, architecture {tuple(expected[k])}"
+        for k in sorted(set(found) & set(expected))
+        if tuple(found[k]) != tuple(expected[k])
+    ]
+    lines = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            lines.append(f"  {label} ({len(items)}): {listing(items)}")
+    return lines
+
+
+def load_prior(
+    weights: str | Path, device: str | torch.device = "cpu", local_attention: str | None = None
+) -> tuple[HDiT, PriorMeta]:
+    """The network (eval mode, parameters frozen, float32) and its config, from `weights` + JSON.
+
+    `local_attention` ('neighborhood' or 'natten') replaces the backend of the neighborhood
+    levels; both compute the same attention. Raises DataError for a missing file or JSON, an
+    unknown architecture, and tensors that do not match it (all listed in one message).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    meta = read_meta(weights)
+    config = meta.architecture
+    if local_attention is not None:
+        config = config.with_local_attention(local_attention)
+    try:
+        tensors = load_file(weights, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{weights}: not a readable safetensors file ({exc})") from None
+    with torch.device("meta"):
+        model = HDiT(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = _shapes_problem(expected, {k: tuple(v.shape) for k, v in tensors.items()})
+    if problems:
+        raise DataError(
+            f"{weights}: the tensors do not match architecture {config.name!r} of {meta_path(weights).name}:\n" + "\n".join(problems)
+        )
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}
+    model.load_state_dict(state, assign=True)  # built on meta: the file's tensors become the parameters
+    model.eval().requires_grad_(False)
+    return model.to(device), meta
+
+
+def save_prior(
+    path: str | Path, model: HDiT, config: HDiTConfig | None = None, meta: dict | None = None, overwrite: bool = True
+) -> Path:
+    """Write `model`'s parameters to `path` (.safetensors) and its JSON config beside it, each atomically.
+
+    `config` (an `HDiTConfig` or a name of `CONFIGS`) defaults to `model.config`; `meta` may set
+    normalization (a kind name such as "cryofm-1", or a dict of `Normalization` fields),
+    voxel_size (Angstrom), box (training box edge), time_convention and training (a free-form
+    summary). Returns the weights path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise DataError(f"{path}: weights must be written to a .safetensors file")
+    if isinstance(config, str):
+        own = getattr(model, "config", None)
+        config = own if own is not None and own.name == config else config_by_name(config)
+    config = config or model.config
+    meta = dict(meta or {})
+    unknown = sorted(set(meta) - {"normalization", "voxel_size", "box", "time_convention", "training"})
+    if unknown:
+        raise ValueError(f"save_prior: unknown meta key(s) {', '.join(unknown)}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in HDiT(config).state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    problems = _shapes_problem(expected, {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        raise ValueError(f"save_prior: the model does not match architecture {config.name!r}:\n" + "\n".join(problems))
+    normalization = meta.pop("normalization", {})
+    if isinstance(normalization, str):
+        normalization = {"kind": normalization}
+    if not isinstance(normalization, Normalization):
+        normalization = Normalization(**normalization)
+    if normalization.kind != "cryofm-1":
+        raise ValueError(f"save_prior: unknown normalization kind {normalization.kind!r}; known: 'cryofm-1'")
+    info = PriorMeta(architecture=config, normalization=normalization, **meta)
+    with atomic_path(path, overwrite) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "architecture": config.name})
+    with atomic_path(meta_path(path), overwrite) as tmp:
+        tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    return path
+
+
+def _weights_present(instance, attribute, value) -> None:
+    problem = _check_files(Path(value))
+    if problem:
+        raise ValueError(f"{attribute.name}: {problem}")
+
+
+def percentile_scale(data: torch.Tensor, percentile: float) -> float:
+    """The `percentile`-th percentile of max(data, 0) (CryoFM-1's density scale)."""
+    values = np.clip(data.detach().to("cpu", torch.float64).numpy(), 0.0, None)
+    s = float(np.percentile(values, percentile))
+    if not s > 0:
+        raise DataError(f"the observed map has no positive densities (its {percentile}th percentile is {s:g}); CryoFM-1 normalisation needs some")
+    return s
+
+
+@attrs.define
+class CryoFMPrior:
+    """CryoFM's learned prior: an HDiT velocity network, CryoFM-1 normalisation, trained box only."""
+
+    name: ClassVar[str] = "cryofm"
+
+    weights: Path = param(
+        help="network weights (.safetensors), with its JSON config <stem>.json beside it",
+        converter=Path,
+        validator=_weights_present,
+    )
+    dtype: str = param(
+        "float32",
+        help="network precision: float32, or bfloat16 autocast (CUDA only; on CPU it runs float32)",
+        validator=one_of("float32", "bfloat16"),
+    )
+    attention: str = param(
+        "saved",
+        help="backend of the neighborhood levels: saved (as in the JSON), neighborhood (pure torch) or natten (no backward on CPU)",
+        validator=one_of("saved", *LOCAL_BACKENDS),
+    )
+    scale: float | None = param(
+        None,
+        help="density that normalisation divides by (CryoFM-1: the map's 99.999th percentile); default: from the observation",
+        validator=positive,
+    )
+
+    _meta: PriorMeta | None = attrs.field(default=None, init=False, repr=False)
+    _model: HDiT | None = attrs.field(default=None, init=False, repr=False)
+    _observed_scale: float | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def meta(self) -> PriorMeta:
+        """The JSON config beside the weights (read once)."""
+        if self._meta is None:
+            self._meta = read_meta(self.weights)
+        return self._meta
+
+    @property
+    def box(self) -> int:
+        """Edge of the boxes the network was trained on; the only box it accepts."""
+        return self.meta.box
+
+    @property
+    def density_scale(self) -> float:
+        """s of the normalisation: `scale`, else the observation's percentile, else 1."""
+        if self.scale is not None:
+            return float(self.scale)
+        return self._observed_scale if self._observed_scale is not None else 1.0
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Check the box (and voxel size), take the density scale from the observation, load the network."""
+        meta = self.meta
+        if None not in ctx.shape:
+            self._check_box(tuple(ctx.shape))
+        if ctx.voxel_size and meta.voxel_size and abs(ctx.voxel_size - meta.voxel_size) > 0.01 * meta.voxel_size:
+            warnings.warn(
+                f"[prior] cryofm: the map has {ctx.voxel_size:g} A/voxel but {self.weights.name} was trained at "
+                f"{meta.voxel_size:g} A/voxel; resample the map to the prior's voxel size for meaningful results",
+                stacklevel=2,
+            )
+        if self.scale is None and ctx.observation is not None:
+            self._observed_scale = percentile_scale(ctx.observation.data, meta.normalization.percentile)
+        self.network(ctx.device)
+
+    def _check_box(self, shape: tuple[int, ...]) -> None:
+        box = self.box
+        if tuple(shape) != (box, box, box):
+            shown = "x".join(str(n) for n in shape)
+            raise DataError(
+                f"[prior] cryofm: the map is {shown} voxels but {self.weights.name} was trained on {box}^3 boxes; "
+                f"cut or resample the map to {box}^3 (tiling larger maps into boxes is not available here yet)"
+            )
+
+    def network(self, device: torch.device | str | None = None) -> HDiT:
+        """The loaded network, on `device` when given."""
+        if self._model is None:
+            if self.attention == "natten" and not natten_available():
+                raise SpecError("[prior] attention: 'natten' needs the natten package (pip install natten); use 'neighborhood'")
+            backend = None if self.attention == "saved" else self.attention
+            self._model, self._meta = load_prior(self.weights, device or "cpu", local_attention=backend)
+        if device is not None and next(self._model.parameters()).device != torch.device(device):
+            self._model = self._model.to(device)
+        return self._model
+
+    def velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """v(x_t, t) (B, box, box, box) in normalised units, t = 0 noise, t = 1 data; differentiable in x_t."""
+        if x_t.ndim != 4:
+            raise ValueError(f"cryofm velocity expects a batch (B, z, y, x); got shape {tuple(x_t.shape)}")
+        self._check_box(tuple(x_t.shape[1:]))
+        model = self.network(x_t.device)
+        flipped = self.meta.time_convention == "noise-at-1"
+        t_net = torch.full((x_t.shape[0],), 1.0 - float(t) if flipped else float(t), device=x_t.device)
+        if self.dtype == "bfloat16" and x_t.is_cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                v = model(x_t, t_net)
+        else:
+            v = model(x_t.to(torch.float32), t_net)
+        v = v.to(x_t.dtype)
+        return -v if flipped else v
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Density -> CryoFM-1 units: (max(x, 0) / s - 0.04) / 0.09 (negative densities are lost)."""
+        n = self.meta.normalization
+        return (x.clamp(min=0.0) / self.density_scale - n.offset) / n.scale
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """CryoFM-1 units -> density: (0.09 z + 0.04) s (inverts `normalize` for x >= 0)."""
+        n = self.meta.normalization
+        return (z * n.scale + n.offset) * self.density_scale
+
+
+@hookimpl
+def register_priors(register):
+    register(CryoFMPrior)
