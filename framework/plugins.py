@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "cryoinverse.bench",
     "cryoinverse.loglik",
     "cryoinverse.priors.cryofm",
+    "cryoinverse.priors.training",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -157,7 +157,9 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
     maps, summary = load_training_maps(cfg.data, cfg.voxel_size, cfg.box)
-    model = build_model(cfg.arch).to(device)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from the process's RNG state
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -174,6 +176,7 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
         generator.set_state(state["generator"])
+        device_generator.set_state(state["device_generator"])
         step = state["step"]
         echo(f"resumed from {checkpoint} at step {step}")
     log = open(cfg.out / "log.jsonl", "a") if rank == 0 else None
@@ -196,7 +199,7 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
                 for e, p in zip(ema.parameters(), model.parameters()):
                     e.lerp_(p, 1 - decay)
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -207,7 +210,7 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 _save_checkpoint(checkpoint, {
                     "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                    "generator": generator.get_state(), "step": step, "config": attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v),
+                    "generator": generator.get_state(), "device_generator": device_generator.get_state(), "step": step, "config": attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v),
                 })
     finally:
         if log is not None:
