@@ -24,6 +24,7 @@ from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
 from .progress import ProgressFactory, silent
 from .specs import TaskSpec, check_structure, spec_to_dict, validate_files
+from .tiling import adapt_prior
 from .volume import Volume
 
 
@@ -113,7 +114,9 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         if None in shape:
             raise SpecError("[inputs] box: no map gives the box size; set inputs.box")
     ctx.shape, ctx.voxel_size, ctx.observation = shape, voxel_size, observation
-    _call_prepare(spec.prior, ctx)
+    # A prior with a fixed box (and voxel size) sees the map resampled and tiled; the spec is unchanged.
+    prior = adapt_prior(spec.prior, shape, voxel_size) if voxel_size else spec.prior
+    _call_prepare(prior, ctx)
     _call_prepare(spec.sampler, ctx)
     likelihood = None
     if spec.operators:
@@ -129,7 +132,7 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     chunks = []
     with progress(steps * math.ceil(spec.samples / batch), f"{spec.sampler.name}") as update:
         for start in range(0, spec.samples, batch):
-            out = spec.sampler.run(spec.prior, likelihood, init[start : start + batch], generator=generator, progress=update)
+            out = spec.sampler.run(prior, likelihood, init[start : start + batch], generator=generator, progress=update)
             chunks.append(out.detach().to("cpu", torch.float32))
     timings["sample_s"] = time.perf_counter() - t1
     maps = torch.cat(chunks)
