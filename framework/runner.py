@@ -87,7 +87,8 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     reference = _load(spec.inputs.reference, vs)
     mask = _load(spec.inputs.mask, vs)
     geometry = observation or reference
-    shape = geometry.shape if geometry else (spec.inputs.box,) * 3  # (None,)*3 until an operator knows it
+    box = spec.inputs.box or getattr(spec.prior, "box", None)
+    shape = geometry.shape if geometry else (box,) * 3  # (None,)*3 until an operator knows it
     voxel_size = geometry.voxel_size if geometry else vs
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
     for op in spec.operators:

@@ -30,19 +30,20 @@ inverts `normalize` for non-negative densities. The clip makes `normalize` lose 
 densities (noise, solvent below zero): denormalize(normalize(x)) = max(x, 0). Without an
 observation (and without `scale`), s = 1: maps come out in units of that percentile.
 
-The prior works on boxes of the trained size only; other boxes are refused with a clear error
-(resampling and tiling are separate components).
+The prior itself works on boxes of the trained size only and refuses others with a clear error;
+`box` and `voxel_size` tell `cryoinverse.tiling.adapt_prior` (which the runner applies) how to
+tile and resample other maps for it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
-import numpy as np
 import torch
 
 from cryoinverse.components import PrepareContext
@@ -133,6 +134,8 @@ def read_meta(weights: str | Path) -> PriorMeta:
         raise DataError(f"{path}: unknown key(s) {', '.join(unknown)}")
     architecture = _architecture(path, raw.get("architecture"))
     norm = raw.get("normalization", {})
+    if isinstance(norm, str):
+        norm = {"kind": norm}
     try:
         normalization = Normalization(**norm)
     except TypeError as exc:
@@ -226,7 +229,9 @@ def load_prior(
         raise DataError(
             f"{weights}: the tensors do not match architecture {config.name!r} of {meta_path(weights).name}:\n" + "\n".join(problems)
         )
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}
+    # fresh copies: tensors read from the file may sit at unaligned offsets, where BLAS takes other
+    # code paths and results differ in the last bits from the saved model
+    state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in tensors.items()}
     model.load_state_dict(state, assign=True)  # built on meta: the file's tensors become the parameters
     model.eval().requires_grad_(False)
     return model.to(device), meta
@@ -272,7 +277,7 @@ def save_prior(
     with atomic_path(path, overwrite) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "architecture": config.name})
     with atomic_path(meta_path(path), overwrite) as tmp:
-        tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(info.to_dict(), indent=2, default=str) + "\n")  # Paths in training summaries
     return path
 
 
@@ -283,9 +288,12 @@ def _weights_present(instance, attribute, value) -> None:
 
 
 def percentile_scale(data: torch.Tensor, percentile: float) -> float:
-    """The `percentile`-th percentile of max(data, 0) (CryoFM-1's density scale)."""
-    values = np.clip(data.detach().to("cpu", torch.float64).numpy(), 0.0, None)
-    s = float(np.percentile(values, percentile))
+    """The `percentile`-th percentile of max(data, 0) (CryoFM-1's density scale), nearest rank:
+    the ceil(n percentile / 100)-th smallest of the n voxels, as the training data pipeline
+    (`cryoinverse.priors.training.cryofm_normalize`) takes it."""
+    flat = data.detach().to("cpu", torch.float64).clamp(min=0.0).reshape(-1)
+    rank = min(flat.numel(), max(1, math.ceil(percentile / 100 * flat.numel())))
+    s = float(flat.kthvalue(rank).values)
     if not s > 0:
         raise DataError(f"the observed map has no positive densities (its {percentile}th percentile is {s:g}); CryoFM-1 normalisation needs some")
     return s
@@ -335,6 +343,11 @@ class CryoFMPrior:
         return self.meta.box
 
     @property
+    def voxel_size(self) -> float | None:
+        """Angstrom per voxel of the training maps (None when the JSON does not say)."""
+        return self.meta.voxel_size
+
+    @property
     def density_scale(self) -> float:
         """s of the normalisation: `scale`, else the observation's percentile, else 1."""
         if self.scale is not None:
@@ -362,7 +375,7 @@ class CryoFMPrior:
             shown = "x".join(str(n) for n in shape)
             raise DataError(
                 f"[prior] cryofm: the map is {shown} voxels but {self.weights.name} was trained on {box}^3 boxes; "
-                f"cut or resample the map to {box}^3 (tiling larger maps into boxes is not available here yet)"
+                f"cut or resample the map to {box}^3, or wrap the prior with cryoinverse.tiling.adapt_prior (as the runner does)"
             )
 
     def network(self, device: torch.device | str | None = None) -> HDiT:

@@ -31,10 +31,13 @@ Attention per level is a configuration choice (`LevelConfig.attention`):
                     with a window mask up to 4096 tokens, query tiles against key regions above)
     "natten"        natten.functional.na3d (when natten is importable); the same definition
     "dense"         torch scaled_dot_product_attention over all tokens of the level (global)
+The first two compute the same function and are interchangeable on one set of weights
+(`HDiTConfig.with_local_attention`); "dense" at an outer level is a different (global) model,
+which DESIGN section 9 measured far faster on GPUs than natten without its fused kernels.
 Neighborhood attention follows natten's definition: the query at index i of an axis of n tokens
 sees keys start .. start + k - 1 with start = clamp(i - k // 2, 0, n - k): the window is shifted
 to stay inside the grid at the borders, never zero-padded. Where k > n the window is the whole
-axis (natten would refuse; here both backends use min(k, n)). Measured on 2 CPU cores (16^3
+axis (natten would refuse; here both backends use min(k, n)). Measured on 2 shared CPU cores (16^3
 tokens, 12 heads x 64): masked 1.2 s, tiled 2.9 s, natten 0.21 (flex attention, no backward on
 CPU) 12 s per call; all agree to 1e-6.
 
