@@ -188,17 +188,10 @@ def degrade(clean: Path, output: Path, kind: str, params: tuple[str, ...], seed:
     from .components import PrepareContext
     from .mrc import read_volume, write_volume
     from .runner import check_outputs
-    from .specs import build_component, parse_override
-    from .errors import SpecError
+    from .specs import component_from_params
 
     check_outputs([output], overwrite)
-    table: dict = {"kind": kind}
-    for text in params:
-        keys, value = parse_override(text)
-        table[".".join(keys)] = value
-    op, problems = build_component("operator", table, "operator", None, get_registry())
-    if problems:
-        raise SpecError(problems)
+    op = component_from_params("operator", kind, params)
     volume = read_volume(clean, voxel_size)
     if hasattr(op, "prepare"):
         op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))

@@ -521,21 +521,13 @@ def loglik_command(
     map it scores would flatter it).
     """
     from .components import PrepareContext
-    from .errors import SpecError
     from .mrc import read_volume
-    from .registry import get_registry
     from .runner import resolve_device
-    from .specs import build_component, parse_override
+    from .specs import component_from_params
 
     if rtol == 0 and atol == 0:
         raise click.BadParameter("rtol and atol cannot both be 0", param_hint="--rtol/--atol")
-    table: dict = {"kind": kind}
-    for text in params:
-        keys, value = parse_override(text)
-        table[".".join(keys)] = value
-    prior, problems = build_component("prior", table, "prior", None, get_registry())
-    if problems:
-        raise SpecError(problems)
+    prior = component_from_params("prior", kind, params)
     dev = resolve_device(device)
     volume = read_volume(map_path, voxel_size)
     prepare = getattr(prior, "prepare", None)

@@ -223,6 +223,18 @@ def build_component(kind: str, table: Any, section: str, source: Path | None, re
     return build_attrs(cls, table, section, source, skip=("kind",))
 
 
+def component_from_params(kind: str, name: str, params: list[str] | tuple[str, ...], registry: Registry | None = None) -> Any:
+    """A component from command-line `-p field=value` pairs (values read as TOML, as with --set)."""
+    table: dict = {"kind": name}
+    for text in params:
+        keys, value = parse_override(text)
+        table[".".join(keys)] = value
+    component, problems = build_component(kind, table, kind, None, registry or get_registry())
+    if problems:
+        raise SpecError(problems)
+    return component
+
+
 def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | None = None) -> TaskSpec:
     """Structure a raw task dict into a `TaskSpec`; raises `SpecError` listing every problem."""
     registry = registry or get_registry()
