@@ -165,6 +165,7 @@ def _resolve(value: Any, base: Path | None) -> Any:
 def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
     """An instance of attrs class `cls` from a TOML table, with every problem as a message."""
     where = _where(source)
+    label = f"[{section}] " if section else ""  # top-level fields have no section
     problems: list[str] = []
     attrs.resolve_types(cls)
     fields = {f.name: f for f in attrs.fields(cls) if f.init and not f.name.startswith("_")}
@@ -177,12 +178,12 @@ def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             known = ", ".join(fields) or "(none)"
-            problems.append(f"{where}[{section}] {key}: unknown field{hint} (fields: {known})")
+            problems.append(f"{where}{label}{key}: unknown field{hint} (fields: {known})")
             continue
         try:
             kwargs[key] = _resolve(convert(value, fields[key].type), base)
         except TypeError as exc:
-            problems.append(f"{where}[{section}] {key}: {exc} ({help_of(fields[key])})")
+            problems.append(f"{where}{label}{key}: {exc} ({help_of(fields[key])})")
     for name, f in fields.items():  # default paths are relative to the task file too
         if name not in kwargs and name not in skip and isinstance(f.default, Path):
             kwargs[name] = _resolve(f.default, base)
@@ -192,18 +193,18 @@ def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip:
             try:
                 validator(None, fields[key], value)
             except (ValueError, TypeError) as exc:
-                problems.append(f"{where}[{section}] {exc}")
+                problems.append(f"{where}{label}{exc}")
             except Exception:  # a validator that needs the instance runs again at construction
                 pass
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs and n not in skip]
     for name in missing:
-        problems.append(f"{where}[{section}] {name}: missing ({help_of(fields[name])})")
+        problems.append(f"{where}{label}{name}: missing ({help_of(fields[name])})")
     if problems:
         return None, problems
     try:
         return cls(**kwargs), []
     except (ValueError, TypeError, CryoinverseError) as exc:
-        return None, [f"{where}[{section}] {exc}"]
+        return None, [f"{where}{label}{exc}"]
 
 
 def build_component(kind: str, table: Any, section: str, source: Path | None, registry: Registry) -> tuple[Any, list[str]]:
@@ -280,7 +281,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         built[section], errs = build_attrs(cls, table, section, source)
         problems += errs
     settings = {k: raw[k] for k in ("seed", "device", "samples", "batch") if k in raw}
-    top, errs = build_attrs(_Settings, settings, "task", source)
+    top, errs = build_attrs(_Settings, settings, "", source)
     problems += errs
     if problems:
         raise SpecError(problems)
