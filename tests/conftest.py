@@ -12,6 +12,27 @@ import torch
 from cryoinverse.mrc import write_volume
 from cryoinverse.volume import Volume
 
+TINY_TASK = """\
+device = "cpu"
+
+[prior]
+kind = "gaussian"
+
+[operator]
+kind = "spectral-noise"
+noise_variance = 0.01
+
+[sampler]
+kind = "flow-posterior-euler"
+steps = 10
+guidance = "exact"
+
+[inputs]
+observation = "observation.mrc"
+reference = "reference.mrc"
+"""
+"""A small valid task: gaussian prior, white spectral noise, 10 exact-guidance steps (maps beside it)."""
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

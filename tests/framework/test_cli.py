@@ -14,28 +14,11 @@ from cryoinverse.cli import build_cli
 from cryoinverse.metrics import compare, fsc
 from cryoinverse.mrc import read_volume
 from cryoinverse.volume import Volume
+from tests.conftest import TINY_TASK
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-TASK = """\
-device = "cpu"
-
-[prior]
-kind = "gaussian"
-
-[operator]
-kind = "spectral-noise"
-noise_variance = 0.01
-
-[sampler]
-kind = "flow-posterior-euler"
-steps = 10
-guidance = "exact"
-
-[inputs]
-observation = "observation.mrc"
-reference = "reference.mrc"
-"""
+TASK = TINY_TASK
 
 
 @pytest.fixture(autouse=True)

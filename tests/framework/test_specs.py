@@ -14,27 +14,9 @@ from cryoinverse.registry import get_registry
 from cryoinverse.runner import run_task
 from cryoinverse.specs import Inputs, Outputs, TaskSpec, apply_overrides, load_spec, parse_override
 from cryoinverse.volume import Volume
+from tests.conftest import TINY_TASK
 
-TASK = """\
-seed = 3
-device = "cpu"
-
-[prior]
-kind = "gaussian"
-
-[operator]
-kind = "spectral-noise"
-noise_variance = 0.01
-
-[sampler]
-kind = "flow-posterior-euler"
-steps = 10
-guidance = "exact"
-
-[inputs]
-observation = "observation.mrc"
-reference = "reference.mrc"
-"""
+TASK = "seed = 3\n" + TINY_TASK
 
 
 def edit(text: str, old: str, new: str) -> str:
