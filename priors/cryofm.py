@@ -30,6 +30,10 @@ inverts `normalize` for non-negative densities. The clip makes `normalize` lose 
 densities (noise, solvent below zero): denormalize(normalize(x)) = max(x, 0). Without an
 observation (and without `scale`), s = 1: maps come out in units of that percentile.
 
+Without `weights`, the prior shipped with the package is used (`DEFAULT_WEIGHTS`: the `compact`
+architecture trained on 32^3 boxes of simulated maps at 1.5 A/voxel; provenance in
+`data/README.md` beside this module).
+
 The prior itself works on boxes of the trained size only and refuses others with a clear error;
 `box` and `voxel_size` tell `cryoinverse.tiling.adapt_prior` (which the runner applies) how to
 tile and resample other maps for it.
@@ -57,6 +61,8 @@ from .hdit import CONFIGS, LOCAL_BACKENDS, HDiT, HDiTConfig, config_by_name, nat
 FORMAT = "cryoinverse-prior"
 TIME_CONVENTIONS = ("noise-at-0", "noise-at-1")
 LISTED = 12  # tensor names listed per kind of mismatch before "... and N more"
+# The shipped default prior (see data/README.md beside it; scripts/train_default_prior.sh rebuilds it).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "default.safetensors"
 
 
 @attrs.frozen
@@ -238,14 +244,20 @@ def load_prior(
 
 
 def save_prior(
-    path: str | Path, model: HDiT, config: HDiTConfig | None = None, meta: dict | None = None, overwrite: bool = True
+    path: str | Path,
+    model: HDiT,
+    config: HDiTConfig | None = None,
+    meta: dict | None = None,
+    overwrite: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write `model`'s parameters to `path` (.safetensors) and its JSON config beside it, each atomically.
 
     `config` (an `HDiTConfig` or a name of `CONFIGS`) defaults to `model.config`; `meta` may set
     normalization (a kind name such as "cryofm-1", or a dict of `Normalization` fields),
     voxel_size (Angstrom), box (training box edge), time_convention and training (a free-form
-    summary). Returns the weights path.
+    summary). `dtype` (e.g. torch.float16, half the size) stores the floating-point tensors in
+    that precision; `load_prior` computes in float32 whatever the file holds. Returns the weights path.
     """
     from safetensors.torch import save_file
 
@@ -263,6 +275,8 @@ def save_prior(
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in HDiT(config).state_dict().items()}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     problems = _shapes_problem(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problems:
         raise ValueError(f"save_prior: the model does not match architecture {config.name!r}:\n" + "\n".join(problems))
@@ -306,7 +320,8 @@ class CryoFMPrior:
     name: ClassVar[str] = "cryofm"
 
     weights: Path = param(
-        help="network weights (.safetensors), with its JSON config <stem>.json beside it",
+        DEFAULT_WEIGHTS,
+        help="network weights (.safetensors) with its JSON config <stem>.json beside it; default: the prior shipped with the package",
         converter=Path,
         validator=_weights_present,
     )

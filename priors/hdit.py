@@ -201,6 +201,12 @@ CONFIGS: dict[str, HDiTConfig] = {
         levels=(_level(96, 2, "neighborhood", head_dim=32), _level(192, 4, "dense", head_dim=32)),
         mapping=MappingConfig(width=128, depth=1, d_ff=384),
     ),
+    # The shipped default prior: ~2.1 M parameters (4.2 MB as float16), same layout as "small".
+    "compact": HDiTConfig(
+        name="compact", box=64, patch=4,
+        levels=(_level(64, 2, "neighborhood", head_dim=32), _level(160, 4, "dense", head_dim=32)),
+        mapping=MappingConfig(width=128, depth=1, d_ff=384),
+    ),
 }
 
 PAPER_PARAMETERS = {"cryofm-s": 335e6, "cryofm-l": 309e6}  # CryoFM appendix B.1

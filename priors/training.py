@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import atomic_path, read_volume
-from cryoinverse.params import param, positive
+from cryoinverse.params import one_of, param, positive
 from cryoinverse.rotations import random_rotations
 
 BACKGROUND_Z = (0.0 - 0.04) / 0.09  # a zero density in CryoFM-1 units: the padding value
@@ -60,6 +60,7 @@ class TrainConfig:
     batch_size: int = param(4, help="crops per step (per rank)", validator=positive)
     lr: float = param(1e-4, help="peak learning rate", validator=positive)
     warmup: int = param(200, help="linear warm-up steps")
+    schedule: str = param("constant", help="learning rate after warm-up: constant, or cosine decay to 10% at the last step", validator=one_of("constant", "cosine"))
     weight_decay: float = param(0.01, help="AdamW weight decay")
     ema_decay: float = param(0.999, help="EMA decay of the saved weights")
     grad_clip: float = param(1.0, help="gradient-norm clip")
@@ -136,7 +137,12 @@ def flow_matching_loss(model: Callable, x1: torch.Tensor, generator: torch.Gener
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    """Learning rate of optimiser step `step` (0-based): linear warm-up, then the schedule."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.schedule == "constant" or step < cfg.warmup:
+        return cfg.lr * warm
+    progress = (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -219,7 +225,10 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
     if rank == 0:
         meta = {
             "voxel_size": cfg.voxel_size, "box": cfg.box, "normalization": "cryofm-1",
-            "training": {"steps": cfg.steps, "batch_size": cfg.batch_size * world, "lr": cfg.lr, "rot24": cfg.rot24, "seed": cfg.seed, "maps": summary},
+            "training": {
+                "arch": cfg.arch, "steps": cfg.steps, "batch_size": cfg.batch_size * world, "lr": cfg.lr, "warmup": cfg.warmup,
+                "schedule": cfg.schedule, "ema_decay": cfg.ema_decay, "rot24": cfg.rot24, "seed": cfg.seed, "maps": summary,
+            },
         }
         save_prior(weights, ema, cfg.arch, meta)
     if world > 1:

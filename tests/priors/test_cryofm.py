@@ -67,6 +67,21 @@ def test_round_trip_gives_identical_outputs(weights, model):
     assert prior.box == 16 and prior.voxel_size == 2.0
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path, weights, model):
+    half = save_prior(tmp_path / "half.safetensors", model, CONFIGS["tiny"], META, dtype=torch.float16)
+    stored = load_file(half)
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    assert half.stat().st_size < 0.55 * weights.stat().st_size
+    loaded, _ = load_prior(half)
+    for name, p in loaded.state_dict().items():
+        assert p.dtype == torch.float32
+        assert torch.equal(p, model.state_dict()[name].to(torch.float16).to(torch.float32)), name  # exact fp16 rounding
+    x = noise()
+    with torch.no_grad():
+        ref, out = model(x, 0.3), loaded(x, 0.3)
+    assert (out - ref).norm() / ref.norm() < 5e-3  # fp16 keeps 11 significant bits
+
+
 def test_architecture_by_name_only(weights, model):
     path = meta_path(weights)
     meta = json.loads(path.read_text())
@@ -165,7 +180,7 @@ def test_unknown_architecture(weights):
     meta = json.loads(path.read_text())
     meta["architecture"] = {"name": "cryofm-xl"}
     path.write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="unknown architecture 'cryofm-xl'; known: cryofm-l, cryofm-s, small, tiny"):
+    with pytest.raises(DataError, match="unknown architecture 'cryofm-xl'; known: compact, cryofm-l, cryofm-s, small, tiny"):
         load_prior(weights)
     meta["architecture"] = {"family": "unet", "name": "tiny"}
     path.write_text(json.dumps(meta))

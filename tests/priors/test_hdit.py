@@ -43,6 +43,7 @@ def test_paper_configs_have_the_papers_parameter_counts(name):
 def test_small_configs_are_small():
     assert count_parameters(CONFIGS["tiny"]) < 0.5e6
     assert 1e6 < count_parameters(CONFIGS["small"]) < 10e6
+    assert count_parameters(CONFIGS["compact"]) * 2 < 5e6  # the shipped prior stays under 5 MB as float16
 
 
 def test_config_round_trip_and_backend_swap():

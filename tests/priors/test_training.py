@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import numpy as np
@@ -67,6 +69,21 @@ def _run(cfg):
     from cryoinverse.priors.hdit import build_model
 
     return train_prior(cfg, build_model, save_prior, echo=lambda s: None)
+
+
+def test_cosine_schedule_closed_form(tmp_path):
+    from cryoinverse.priors.training import _lr_at
+
+    cfg = TrainConfig(data=tmp_path, out=tmp_path, steps=1001, lr=1.0, warmup=1, schedule="cosine")
+    # warm-up ends at step 0; then lr = 0.1 + 0.45 (1 + cos(pi p)), p = (step - 1) / 999
+    assert _lr_at(0, cfg) == pytest.approx(1.0)
+    assert _lr_at(1, cfg) == pytest.approx(1.0)
+    assert _lr_at(500, cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 499 / 999)))
+    assert _lr_at(1000, cfg) == pytest.approx(0.1)
+    constant = TrainConfig(data=tmp_path, out=tmp_path, steps=1001, lr=1.0, warmup=4)
+    assert [_lr_at(i, constant) for i in (0, 3, 1000)] == pytest.approx([0.25, 1.0, 1.0])
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(data=tmp_path, out=tmp_path, schedule="linear")
 
 
 def test_resume_continues_exactly(maps, tmp_path):
