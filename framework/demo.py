@@ -1,10 +1,14 @@
 """`cryoinverse demo`: degrade the bundled map with spectral noise, restore it, compare.
 
 The bundled map (`data/demo_3nbk.mrc`, see `data/README.md`) is degraded into two half maps
-whose average (the degraded map) has white noise of a power that makes the degraded map's FSC against the clean map cross 0.5 at `resolution` Angstrom
-(for y = x + n, FSC = sqrt(S / (S + N)) per shell, so N = 3 S at that shell). It is restored
-with the `gaussian` prior (signal spectrum estimated from the observation) and the exact-guidance
-flow posterior sampler; the mean of a few posterior samples is the restored map.
+whose average (the degraded map) has white noise of a power that makes the degraded map's FSC
+against the clean map cross 0.5 at `resolution` Angstrom (for y = x + n, FSC = sqrt(S / (S + N))
+per shell, so N = 3 S at that shell). It is restored with one of two priors:
+
+- `learned` (default): the learned prior shipped with the package (`cryofm` without weights)
+  and CryoFM's flow posterior sampling (Alg. 1), one sample of 50 steps;
+- `gaussian`: the gaussian prior (signal spectrum estimated from the observation) and the
+  exact-guidance sampler, the mean of 4 samples of 100 steps (a Wiener-type filter).
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ from .mrc import read_volume, write_volume
 from .progress import ProgressFactory, silent
 from .registry import get_registry
 from .runner import check_outputs, run_task
-from .specs import Inputs, Outputs, TaskSpec
+from .errors import SpecError
+from .specs import Inputs, Outputs, TaskSpec, build_component
 from .levels import noise_variance_for_resolution
 from .volume import Volume
 
 DEMO_MAP = "demo_3nbk.mrc"
+DEMO_PRIORS = ("learned", "gaussian")
+# prior, sampler table and default (steps, samples) of each demo method
+_METHODS = {
+    "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "cryofm"}, (50, 1)),
+    "gaussian": ({"kind": "gaussian"}, {"kind": "flow-posterior-euler", "guidance": "exact"}, (100, 4)),
+}
 
 
 def demo_map() -> Volume:
@@ -31,17 +42,33 @@ def demo_map() -> Volume:
         return read_volume(path)
 
 
+def _build(kind: str, table: dict, registry):
+    component, problems = build_component(kind, table, kind, None, registry)
+    if problems:
+        raise SpecError(problems)
+    return component
+
+
 def run_demo(
     out_dir: Path,
     resolution: float = 6.0,
-    steps: int = 100,
-    samples: int = 4,
+    steps: int | None = None,
+    samples: int | None = None,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
     progress: ProgressFactory = silent,
+    prior: str = "learned",
 ) -> dict:
-    """Write reference, half1, half2, degraded (their average), restored maps and report.json into `out_dir`."""
+    """Write reference, half1, half2, degraded (their average), restored maps and report.json into `out_dir`.
+
+    `prior` is "learned" or "gaussian"; `steps` and `samples` default to that method's (50, 1 or 100, 4).
+    """
+    if prior not in _METHODS:
+        raise ValueError(f"prior must be one of {', '.join(DEMO_PRIORS)}; got {prior!r}")
+    prior_table, sampler_table, (default_steps, default_samples) = _METHODS[prior]
+    steps = default_steps if steps is None else steps
+    samples = default_samples if samples is None else samples
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.mrc" for name in ("reference", "degraded", "restored", "half1", "half2")}
     report_path = out_dir / "report.json"
@@ -60,9 +87,9 @@ def run_demo(
     write_volume(paths["half2"], reference.with_data(halves[1]))
     write_volume(paths["degraded"], degraded)
     spec = TaskSpec(
-        prior=registry.get("prior", "gaussian")(),
+        prior=_build("prior", prior_table, registry),
         operators=[operator],
-        sampler=registry.get("sampler", "flow-posterior-euler")(steps=steps, guidance="exact"),
+        sampler=_build("sampler", dict(sampler_table, steps=steps), registry),
         inputs=Inputs(observation=paths["degraded"], reference=paths["reference"]),
         outputs=Outputs(map=paths["restored"], report=report_path),
         seed=seed,
@@ -70,7 +97,7 @@ def run_demo(
         samples=samples,
     )
     result = run_task(spec, overwrite=True, progress=progress)
-    result.report["demo"] = {"target_resolution_A": resolution, "noise_variance": variance, "map": DEMO_MAP}
+    result.report["demo"] = {"target_resolution_A": resolution, "noise_variance": variance, "map": DEMO_MAP, "prior": prior}
     from .runner import write_json
 
     write_json(report_path, result.report)

@@ -32,7 +32,9 @@ class MapHeader:
         self.voxel_size = voxel_size
 
 
-def _open(path: Path, header_only: bool):
+def open_mrc(path: Path, header_only: bool):
+    """An open mrcfile handle (a context manager), permissive where mrcfile's strict reading fails;
+    DataError for a missing path, a folder, or a file that is no MRC at all."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -96,7 +98,7 @@ def _start_origin(mrc) -> np.ndarray:
 def read_header(path: str | os.PathLike, voxel_size: float | None = None) -> MapHeader:
     """Shape (z, y, x) and voxel size of a map without reading its data."""
     path = Path(path)
-    with _open(path, header_only=True) as mrc:
+    with open_mrc(path, header_only=True) as mrc:
         h = mrc.header
         dims = (int(h.nz), int(h.ny), int(h.nx))
         if min(dims) < 1:
@@ -112,7 +114,7 @@ def read_header(path: str | os.PathLike, voxel_size: float | None = None) -> Map
 def read_volume(path: str | os.PathLike, voxel_size: float | None = None) -> Volume:
     """Read an MRC map as a float32 `Volume`; `voxel_size` overrides a missing or wrong header value."""
     path = Path(path)
-    with _open(path, header_only=False) as mrc:
+    with open_mrc(path, header_only=False) as mrc:
         data = np.asarray(mrc.data)
         if data.ndim != 3:
             raise DataError(f"{path}: holds {data.ndim}D data of shape {data.shape}; a 3D volume is needed")
@@ -130,6 +132,12 @@ def read_volume(path: str | os.PathLike, voxel_size: float | None = None) -> Vol
     if bad.any():
         raise DataError(f"{path}: contains {int(bad.sum())} NaN or infinite values")
     return Volume(torch.from_numpy(np.ascontiguousarray(data)), vs, tuple(origin_xyz[::-1]))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class atomic_path:
@@ -150,6 +158,8 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            # mkstemp makes the file private (0600); give it the mode a plain open() would
+            os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -34,7 +34,7 @@ from cryoinverse.components import PrepareContext
 from cryoinverse.ctf import CTFParams, ctf_grid
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.mrc import _open as open_mrc
+from cryoinverse.mrc import open_mrc
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.projection import project_fourier, project_real, shift_and_filter
 from cryoinverse.rotations import euler_zyz_to_matrix

@@ -250,7 +250,7 @@ def test_degrade_bad_operator_or_parameter(cli, write_map, density, tmp_path):
 
 def test_demo_writes_maps_and_report_at_the_requested_resolution(cli, tmp_path):
     out = tmp_path / "demo"
-    result = invoke(cli, "demo", "--out-dir", out, "--steps", "10", "--samples", "2", "--device", "cpu")
+    result = invoke(cli, "demo", "--out-dir", out, "--steps", "3", "--samples", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     for name in ("reference.mrc", "degraded.mrc", "restored.mrc", "report.json"):
         assert (out / name).is_file(), name
@@ -265,7 +265,17 @@ def test_demo_writes_maps_and_report_at_the_requested_resolution(cli, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["observation"]["resolution_0.5"] == pytest.approx(resolution, rel=1e-6)
     assert report["demo"]["target_resolution_A"] == 6.0
-    assert report["task"]["samples"] == 2 and report["task"]["sampler"]["steps"] == 10
+    assert report["task"]["samples"] == 2 and report["task"]["sampler"]["steps"] == 3
+    # the default demo restores with the shipped learned prior
+    assert report["task"]["prior"]["kind"] == "cryofm" and report["demo"]["prior"] == "learned"
+
+
+def test_demo_with_the_gaussian_prior_explains_its_fsc(cli, tmp_path):
+    result = invoke(cli, "demo", "--out-dir", tmp_path / "d", "--prior", "gaussian", "--steps", "5", "--samples", "2")
+    assert result.exit_code == 0, result.output
+    assert "Wiener filter" in result.output
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["task"]["prior"]["kind"] == "gaussian" and report["task"]["sampler"]["guidance"] == "exact"
 
 
 # --- bad input in general -------------------------------------------------------------------

@@ -279,3 +279,17 @@ def test_overwrite_false_refuses_an_existing_file(tmp_path):
 
     write_volume(target, random_volume(seed=1))  # overwrite=True is the default
     np.testing.assert_array_equal(read_volume(target).data.numpy(), random_volume(seed=1).data.numpy())
+
+
+def test_atomic_write_gives_the_file_the_umask_mode_not_a_private_one(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_volume(tmp_path / "m.mrc", Volume(torch.zeros(4, 4, 4), 1.0))
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        path = write_volume(tmp_path / "p.mrc", Volume(torch.zeros(4, 4, 4), 1.0))
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
