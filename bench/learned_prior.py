@@ -17,6 +17,7 @@ finish; a rerun skips finished rows, so a stopped bench resumes.
   python bench/learned_prior.py                      # held-out models of ../shared/data/models
   python bench/learned_prior.py --models DIR         # every model in DIR instead
   python bench/learned_prior.py --maps MAP.mrc ...   # add clean maps (e.g. real ones)
+  python bench/learned_prior.py --maps ... --crop 48  # their centred 48^3 crops (CPU time)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import numpy as np
 
 from cryoinverse.atoms import Atoms, read_atoms
 from cryoinverse.bench import BenchSpec, Degradation, Method, format_table, read_rows, run_bench, summarize, write_summary
-from cryoinverse.mrc import write_volume
+from cryoinverse.mrc import read_volume, write_volume
 from cryoinverse.simulate import simulate_density
+from cryoinverse.volume import Volume
 
 HERE = Path(__file__).resolve().parent
 HELD_OUT = HERE / "default_prior_heldout.txt"
@@ -78,6 +80,23 @@ def simulate_maps(models: list[Path], folder: Path) -> list[Path]:
     return out
 
 
+def cropped(paths: list[Path], edge: int | None, folder: Path) -> list[Path]:
+    """The clean maps to add: as they are, or their centred `edge`^3 crops written to `folder`."""
+    if edge is None:
+        return list(paths)
+    out = []
+    for path in paths:
+        volume = read_volume(path)
+        starts = [max(0, (n - edge) // 2) for n in volume.shape]
+        data = volume.data[tuple(slice(s, s + edge) for s in starts)]
+        origin = tuple(o + s * volume.voxel_size for o, s in zip(volume.origin, starts))
+        target = folder / f"{path.stem}_crop{edge}.mrc"
+        if not target.exists():
+            write_volume(target, Volume(data.contiguous(), volume.voxel_size, origin))
+        out.append(target)
+    return out
+
+
 def wins(rows: list[dict], degradation: str, a: str, b: str) -> tuple[int, int]:
     """(maps where method a has the higher AUC-FSC than b, maps with both) for one degradation."""
     auc = {(r["map"], r["method"]): float(r["auc"]) for r in rows if r["degradation"] == degradation}
@@ -89,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="folder of atomic models (default: the held-out models of ../shared/data/models)")
     parser.add_argument("--maps", type=Path, nargs="*", default=[], help="clean MRC maps to add as they are")
+    parser.add_argument("--crop", type=int, help="use centred crops of this edge (voxels) of the --maps")
     parser.add_argument("--resolutions", type=float, nargs="+", default=[6.0, 10.0], help="FSC-0.5 of the degraded maps (A)")
     parser.add_argument("--out-dir", type=Path, default=HERE / "learned-prior-out", help="results folder (resumable)")
     parser.add_argument("--seed", type=int, default=0, help="noise and sampler seed")
@@ -99,7 +119,9 @@ def main() -> None:
         models = model_files(HERE.parent.parent / "shared" / "data" / "models", held_out_ids())
     else:
         models = model_files(args.models, None)
-    maps = simulate_maps(models, args.out_dir / "maps") + list(args.maps)
+    simulated = simulate_maps(models, args.out_dir / "maps")
+    extra = cropped(args.maps, args.crop, args.out_dir / "maps")
+    maps = simulated + extra
     degradations = [
         Degradation(f"spectral-{r:g}A", {"kind": "spectral-noise"}, target_resolution=r) for r in args.resolutions
     ]
@@ -107,13 +129,18 @@ def main() -> None:
     print(f"{len(maps)} maps x {len(degradations)} degradations x {len(METHODS)} methods -> {args.out_dir / 'runs.csv'}", flush=True)
     runs = run_bench(bench, echo=lambda line: print(line, flush=True))
     rows = read_rows(runs)
-    summary = summarize(rows)
-    write_summary(args.out_dir, summary)
-    print()
-    print(format_table(summary))
-    for d in degradations:
-        won, n = wins(rows, d.name, "learned", "gaussian")
-        print(f"{d.name}: learned beats gaussian in AUC-FSC on {won} of {n} maps")
+    names = {p.name for p in maps}
+    rows = [r for r in rows if r["map"] in names]  # this invocation's maps only
+    write_summary(args.out_dir, summarize(rows))
+    groups = [(f"{len(simulated)} simulated held-out maps", {p.name for p in simulated})]
+    groups += [(p.name, {p.name}) for p in extra]
+    for title, members in groups:
+        chosen = [r for r in rows if r["map"] in members]
+        print(f"\n{title}:")
+        print(format_table(summarize(chosen)))
+        for d in degradations:
+            won, n = wins(chosen, d.name, "learned", "gaussian")
+            print(f"{d.name}: learned beats gaussian in AUC-FSC on {won} of {n} maps")
 
 
 if __name__ == "__main__":

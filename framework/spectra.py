@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import torch
 
-from .fourier import fftn, shell_average
+from .fourier import fftn, shell_average, shell_index
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
     """Shell-averaged |F(x)|^2 (ortho FFT) of a (..., n, n, n) map, float64, shells 0..corner."""
     return shell_average(fftn(x.to(torch.float64)).abs().square())
+
+
+MIN_POOLED = 64  # coefficients the lowest shells pool for their noise estimate
+
+
+def _pooled_low_shells(per_shell: torch.Tensor, n: int) -> torch.Tensor:
+    """Replace the lowest shells' values by their coefficient-weighted mean until they hold MIN_POOLED."""
+    counts = torch.bincount(shell_index(n).reshape(-1), minlength=per_shell.numel()).to(per_shell.dtype)
+    last = int(torch.searchsorted(counts.cumsum(0), torch.tensor(float(MIN_POOLED), dtype=counts.dtype)))
+    last = min(last, per_shell.numel() - 1)
+    out = per_shell.clone()
+    out[: last + 1] = (per_shell[: last + 1] * counts[: last + 1]).sum() / counts[: last + 1].sum()
+    return out
 
 
 def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -19,6 +32,11 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, t
     shell, so N_half = (1 - FSC) P_half with P_half the mean half-map power (the reference-code
     weight 1 / ((1 - FSC) P)). The full map (h1 + h2) / 2 has noise power N_half / 2 and
     SNR = 2 FSC / (1 - FSC), the gold-standard relation.
+
+    The noise power is taken as |F1 - F2|^2 / 2 per shell (equal to (1 - FSC) P_half when both
+    halves have the same power), pooled over the lowest shells until they hold `MIN_POOLED`
+    coefficients: shell 0 holds one coefficient, whose FSC is always +-1, so alone it would claim
+    a noise-free DC term that likelihood-guided samplers then chase.
     """
     f1, f2 = fftn(half1.to(torch.float64)), fftn(half2.to(torch.float64))
     cross = shell_average((f1 * f2.conj()).real)
@@ -27,7 +45,8 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, t
     fsc = (cross / torch.sqrt(p1 * p2).clamp(min=1e-300)).clamp(-1.0, 1.0)
     p_half = 0.5 * (p1 + p2)
     fsc_pos = fsc.clamp(min=0.0, max=1.0 - 1e-6)
-    noise_half = ((1.0 - fsc_pos) * p_half).clamp(min=1e-12 * float(p_half.max()))
+    noise_half = _pooled_low_shells(shell_average((f1 - f2).abs().square()) / 2.0, half1.shape[-1])
+    noise_half = noise_half.clamp(min=1e-12 * float(p_half.max()))
     return {
         "fsc": fsc,
         "power_half": p_half,
