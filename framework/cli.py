@@ -204,7 +204,7 @@ def degrade(clean: Path, output: Path, kind: str, params: tuple[str, ...], seed:
 @cli.command()
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True, help="folder for reference, degraded, restored maps and report.json")
 @click.option("--resolution", type=float, default=6.0, show_default=True, help="FSC-0.5 resolution (A) of the degraded map")
-@click.option("--steps", type=int, default=None, help="sampler steps  [default: 50 learned, 100 gaussian]")
+@click.option("--steps", type=int, default=None, help="sampler steps  [default: 20 learned, 100 gaussian]")
 @click.option("--samples", type=int, default=None, help="posterior samples averaged into the restored map  [default: 1 learned, 4 gaussian]")
 @click.option("--prior", "prior", type=click.Choice(["learned", "gaussian"]), default="learned", show_default=True, help="the shipped learned prior, or the analytic gaussian prior")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed")

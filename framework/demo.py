@@ -6,7 +6,7 @@ against the clean map cross 0.5 at `resolution` Angstrom (for y = x + n, FSC = s
 per shell, so N = 3 S at that shell). It is restored with one of two priors:
 
 - `learned` (default): the learned prior shipped with the package (`cryofm` without weights)
-  and CryoFM's flow posterior sampling (Alg. 1), one sample of 50 steps;
+  and CryoFM's flow posterior sampling (Alg. 1), one sample of 20 steps;
 - `gaussian`: the gaussian prior (signal spectrum estimated from the observation) and the
   exact-guidance sampler, the mean of 4 samples of 100 steps (a Wiener-type filter).
 """
@@ -31,7 +31,7 @@ DEMO_MAP = "demo_3nbk.mrc"
 DEMO_PRIORS = ("learned", "gaussian")
 # prior, sampler table and default (steps, samples) of each demo method
 _METHODS = {
-    "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "cryofm"}, (50, 1)),
+    "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "cryofm"}, (20, 1)),
     "gaussian": ({"kind": "gaussian"}, {"kind": "flow-posterior-euler", "guidance": "exact"}, (100, 4)),
 }
 
@@ -62,7 +62,7 @@ def run_demo(
 ) -> dict:
     """Write reference, half1, half2, degraded (their average), restored maps and report.json into `out_dir`.
 
-    `prior` is "learned" or "gaussian"; `steps` and `samples` default to that method's (50, 1 or 100, 4).
+    `prior` is "learned" or "gaussian"; `steps` and `samples` default to that method's (20, 1 or 100, 4).
     """
     if prior not in _METHODS:
         raise ValueError(f"prior must be one of {', '.join(DEMO_PRIORS)}; got {prior!r}")
