@@ -86,12 +86,12 @@ def cropped(paths: list[Path], edge: int | None, folder: Path) -> list[Path]:
         return list(paths)
     out = []
     for path in paths:
-        volume = read_volume(path)
-        starts = [max(0, (n - edge) // 2) for n in volume.shape]
-        data = volume.data[tuple(slice(s, s + edge) for s in starts)]
-        origin = tuple(o + s * volume.voxel_size for o, s in zip(volume.origin, starts))
         target = folder / f"{path.stem}_crop{edge}.mrc"
         if not target.exists():
+            volume = read_volume(path)
+            starts = [max(0, (n - edge) // 2) for n in volume.shape]
+            data = volume.data[tuple(slice(s, s + edge) for s in starts)]
+            origin = tuple(o + s * volume.voxel_size for o, s in zip(volume.origin, starts))
             write_volume(target, Volume(data.contiguous(), volume.voxel_size, origin))
         out.append(target)
     return out

@@ -22,31 +22,23 @@ from .mrc import read_volume, write_volume
 from .progress import ProgressFactory, silent
 from .registry import get_registry
 from .runner import check_outputs, run_task
-from .errors import SpecError
-from .specs import Inputs, Outputs, TaskSpec, build_component
+from .specs import Inputs, Outputs, TaskSpec, component_from_table
 from .levels import noise_variance_for_resolution
 from .volume import Volume
 
 DEMO_MAP = "demo_3nbk.mrc"
-DEMO_PRIORS = ("learned", "gaussian")
 # prior, sampler table and default (steps, samples) of each demo method
 _METHODS = {
     "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "cryofm"}, (20, 1)),
     "gaussian": ({"kind": "gaussian"}, {"kind": "flow-posterior-euler", "guidance": "exact"}, (100, 4)),
 }
+DEMO_PRIORS = tuple(_METHODS)
 
 
 def demo_map() -> Volume:
     """The bundled clean density map (64^3, 1.5 A/voxel)."""
     with resources.as_file(resources.files("cryoinverse") / "data" / DEMO_MAP) as path:
         return read_volume(path)
-
-
-def _build(kind: str, table: dict, registry):
-    component, problems = build_component(kind, table, kind, None, registry)
-    if problems:
-        raise SpecError(problems)
-    return component
 
 
 def run_demo(
@@ -87,9 +79,9 @@ def run_demo(
     write_volume(paths["half2"], reference.with_data(halves[1]))
     write_volume(paths["degraded"], degraded)
     spec = TaskSpec(
-        prior=_build("prior", prior_table, registry),
+        prior=component_from_table("prior", prior_table, registry),
         operators=[operator],
-        sampler=_build("sampler", dict(sampler_table, steps=steps), registry),
+        sampler=component_from_table("sampler", dict(sampler_table, steps=steps), registry),
         inputs=Inputs(observation=paths["degraded"], reference=paths["reference"]),
         outputs=Outputs(map=paths["restored"], report=report_path),
         seed=seed,

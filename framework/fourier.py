@@ -23,6 +23,7 @@ __all__ = [
     "fftn",
     "ifftn",
     "shell_index",
+    "shell_counts",
     "n_shells",
     "nyquist",
     "shell_average",
@@ -73,8 +74,12 @@ def shell_average(values: torch.Tensor) -> torch.Tensor:
     flat = values.reshape(*values.shape[:-3], -1)
     sums = torch.zeros(*flat.shape[:-1], n_shells(n), dtype=flat.dtype, device=flat.device)
     sums.index_add_(-1, idx, flat)
-    counts = torch.bincount(idx, minlength=n_shells(n)).to(flat.dtype)
-    return sums / counts
+    return sums / shell_counts(n, flat.device).to(flat.dtype)
+
+
+def shell_counts(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Number of coefficients in each shell of an n^3 box, (n_shells,) int64."""
+    return torch.bincount(shell_index(n, device).reshape(-1), minlength=n_shells(n))
 
 
 def expand_shells(spectrum: torch.Tensor, n: int) -> torch.Tensor:

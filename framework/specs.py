@@ -230,6 +230,11 @@ def component_from_params(kind: str, name: str, params: list[str] | tuple[str, .
     for text in params:
         keys, value = parse_override(text)
         table[".".join(keys)] = value
+    return component_from_table(kind, table, registry)
+
+
+def component_from_table(kind: str, table: dict, registry: Registry | None = None) -> Any:
+    """A component from a table {"kind": name, field: value, ...}; SpecError listing every problem."""
     component, problems = build_component(kind, table, kind, None, registry or get_registry())
     if problems:
         raise SpecError(problems)

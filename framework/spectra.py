@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .fourier import fftn, shell_average, shell_index
+from .fourier import fftn, shell_average, shell_counts
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
@@ -17,7 +17,7 @@ MIN_POOLED = 64  # coefficients the lowest shells pool for their noise estimate
 
 def _pooled_low_shells(per_shell: torch.Tensor, n: int) -> torch.Tensor:
     """Replace the lowest shells' values by their coefficient-weighted mean until they hold MIN_POOLED."""
-    counts = torch.bincount(shell_index(n).reshape(-1), minlength=per_shell.numel()).to(per_shell.dtype)
+    counts = shell_counts(n).to(per_shell.dtype)
     last = int(torch.searchsorted(counts.cumsum(0), torch.tensor(float(MIN_POOLED), dtype=counts.dtype)))
     last = min(last, per_shell.numel() - 1)
     out = per_shell.clone()
