@@ -17,7 +17,9 @@ Spec:
     [[degradations]]                # kind + operator fields, or target_resolution for noise kinds
     name = "spectral-6A"
     kind = "spectral-noise"
-    target_resolution = 6.0
+    target_resolution = 6.0         # FSC-0.5 of the degraded map (A)
+    noise_shape = "logistic"        # or "white"; fsc_width = 0.1, fsc_curve = "real_fsc.csv"
+    half_maps = true                # noise estimated from two half maps, as with real data
     [[methods]]
     name = "degraded"
     [[methods]]
@@ -43,9 +45,9 @@ import click
 import numpy as np
 import torch
 
-from .errors import SpecError
+from .errors import CryoinverseError, SpecError
 from .hookspecs import hookimpl
-from .levels import noise_variance_for_resolution
+from .levels import DEFAULT_WIDTH, NOISE_SHAPES, noise_power_for_resolution, read_fsc_curve
 from .metrics import compare
 from .mrc import atomic_path, read_volume
 from .registry import Registry, get_registry
@@ -59,21 +61,51 @@ NOISE_KINDS = ("spectral-noise", "anisotropic-noise")
 
 @attrs.frozen
 class Degradation:
-    """One degradation: an operator table; `target_resolution` sets white noise by FSC-0.5 (noise kinds)."""
+    """One degradation: an operator table, and for noise kinds a noise level set by a target FSC-0.5.
+
+    With `target_resolution`, the noise power per shell makes the expected FSC(degraded, clean)
+    cross 0.5 there (`cryoinverse.levels`): shaped like a real FSC (`noise_shape = "logistic"`,
+    relative width `fsc_width`, or the curve of `fsc_curve`) or white. With `half_maps`, two half
+    maps get twice the noise each, the degraded map is their average, and the restoring operator
+    is estimated from them (the operator's `estimate(h1, h2)`), as with real data.
+    """
 
     name: str
     table: dict
     target_resolution: float | None = None
+    noise_shape: str = "logistic"
+    fsc_width: float = DEFAULT_WIDTH
+    fsc_curve: Path | None = None
+    half_maps: bool = False
 
-    def operator(self, clean: Volume, registry: Registry):
+    def noise_power(self, clean: Volume) -> torch.Tensor:
+        """Per-shell noise power of the degraded (full) map for this clean map."""
+        curve = read_fsc_curve(self.fsc_curve) if self.fsc_curve is not None else None
+        return noise_power_for_resolution(clean, self.target_resolution, self.noise_shape, self.fsc_width, curve)
+
+    def operator(self, clean: Volume, registry: Registry, noise_factor: float = 1.0):
         """The operator for this clean map (noise level set from the map when a target is given)."""
         table = dict(self.table)
         if self.target_resolution is not None:
-            table["noise_variance"] = noise_variance_for_resolution(clean, self.target_resolution)
+            table.pop("noise_variance", None)
+            table["noise_power"] = (noise_factor * self.noise_power(clean)).tolist()
         op, problems = build_component("operator", table, f"degradations.{self.name}", None, registry)
         if problems:
             raise SpecError(problems)
         return op
+
+    def degrade(self, clean: Volume, registry: Registry, generator: torch.Generator):
+        """(degraded map, operator to restore it with, half maps or None)."""
+        if not self.half_maps:
+            op = self.operator(clean, registry)
+            return clean.with_data(op.simulate(clean.data, generator)), op, None
+        half_op = self.operator(clean, registry, noise_factor=2.0)
+        halves = [clean.with_data(half_op.simulate(clean.data, generator)) for _ in range(2)]
+        estimate = getattr(type(half_op), "estimate", None)
+        if estimate is None:
+            raise SpecError(f"[degradations.{self.name}] half_maps: operator {half_op.name!r} cannot estimate its noise from half maps")
+        degraded = clean.with_data(0.5 * (halves[0].data + halves[1].data))
+        return degraded, estimate(halves[0], halves[1]), halves
 
 
 @attrs.frozen
@@ -121,12 +153,28 @@ def load_bench(path: Path, registry: Registry | None = None) -> BenchSpec:
         table = dict(table)
         name = table.pop("name", f"degradation-{i}")
         target = table.pop("target_resolution", None)
+        shaping = {k: table.pop(k) for k in ("noise_shape", "fsc_width", "fsc_curve", "half_maps") if k in table}
+        where = f"{path}: [degradations.{i}]"
         if target is not None and table.get("kind") not in NOISE_KINDS:
-            problems.append(f"{path}: [degradations.{i}] target_resolution: only for {', '.join(NOISE_KINDS)}")
+            problems.append(f"{where} target_resolution: only for {', '.join(NOISE_KINDS)}")
+        if target is None and set(shaping) - {"half_maps"}:
+            problems.append(f"{where} {', '.join(sorted(set(shaping) - {'half_maps'}))}: need target_resolution")
+        if shaping.get("noise_shape", "logistic") not in NOISE_SHAPES:
+            problems.append(f"{where} noise_shape: must be one of {', '.join(NOISE_SHAPES)}; got {shaping['noise_shape']!r}")
+        if "fsc_curve" in shaping:
+            shaping["fsc_curve"] = base / shaping["fsc_curve"]
+            try:
+                read_fsc_curve(shaping["fsc_curve"])
+            except CryoinverseError as exc:
+                problems.append(f"{where} fsc_curve: {exc}")
+        if not (isinstance(shaping.get("fsc_width", 0.1), (int, float)) and shaping.get("fsc_width", 0.1) > 0):
+            problems.append(f"{where} fsc_width: must be a positive number (a fraction of the crossing frequency)")
+        if not isinstance(shaping.get("half_maps", False), bool):
+            problems.append(f"{where} half_maps: must be true or false")
         check = dict(table, noise_variance=1.0) if target is not None else table
         _, errs = build_component("operator", check, f"degradations.{i}", path, registry)
         problems += errs
-        degradations.append(Degradation(name, table, target))
+        degradations.append(Degradation(name, table, target, **shaping))
     methods = []
     for i, table in enumerate(raw.get("methods", [])):
         name = table.get("name", f"method-{i}")
@@ -179,9 +227,8 @@ def _append(path: Path, row: dict) -> None:
 
 def run_one(clean: Volume, degradation: Degradation, method: Method, bench: BenchSpec, registry: Registry, map_index: int) -> tuple[dict, list]:
     """Degrade, restore and measure one (map, degradation, method); returns the CSV row and the FSC curve."""
-    op = degradation.operator(clean, registry)
     generator = torch.Generator().manual_seed(bench.seed * 1000003 + map_index)
-    degraded = clean.with_data(op.simulate(clean.data, generator))
+    degraded, op, _ = degradation.degrade(clean, registry, generator)
     t0 = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

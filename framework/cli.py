@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import CryoinverseError, DataError
+from .levels import DEFAULT_WIDTH, NOISE_SHAPES
 from .params import help_of
 from .plugins import get_plugin_manager, plugin_infos
 from .progress import bar, silent
@@ -57,6 +58,19 @@ def run(task: Path, overrides: tuple[str, ...], overwrite: bool, quiet: bool) ->
     for path in result.written:
         click.echo(f"wrote {path}")
     _echo_metrics(result.report.get("metrics", {}))
+    _echo_half_maps(result.report)
+
+
+def _echo_half_maps(report: dict) -> None:
+    """The half-map checks of a report, and its warnings (on stderr)."""
+    halves = report.get("half_maps")
+    if halves:
+        click.echo(
+            f"half maps: input FSC-0.143 {halves['input']['resolution_0.143']:.2f} A (AUC {halves['input']['auc']:.3f}); "
+            f"restored separately {halves['restored']['resolution_0.143']:.2f} A (AUC {halves['restored']['auc']:.3f})"
+        )
+    for line in report.get("warnings", []):
+        click.echo(f"Warning: {line}", err=True)
 
 
 @cli.command()
@@ -178,25 +192,59 @@ def _echo_metrics(metrics: dict) -> None:
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--operator", "-k", "kind", required=True, help="registered operator name, e.g. spectral-noise")
 @click.option("--param", "-p", "params", multiple=True, metavar="FIELD=VALUE", help="operator field (repeatable), e.g. -p noise_variance=0.01")
+@click.option("--target-resolution", type=float, help="noise kinds: set the noise so the degraded map's expected FSC-0.5 is here (A)")
+@click.option("--noise-shape", type=click.Choice(NOISE_SHAPES), default="logistic", show_default=True, help="with --target-resolution: expected FSC shaped like a real one (logistic fall-off), or white noise")
+@click.option("--fsc-width", type=float, default=DEFAULT_WIDTH, show_default=True, help="logistic width as a fraction of the crossing frequency")
+@click.option("--fsc-curve", type=click.Path(dir_okay=False, path_type=Path), help="CSV FSC curve (fsc, resolution_A) to shape the noise instead of the logistic")
+@click.option("--half-maps", is_flag=True, help="write two half maps (twice the noise each) beside OUTPUT, which is their average")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the noise")
 @click.option("--voxel-size", type=float, help="voxel size in Angstrom, overriding the header")
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
-def degrade(clean: Path, output: Path, kind: str, params: tuple[str, ...], seed: int, voxel_size: float | None, overwrite: bool) -> None:
+def degrade(
+    clean: Path, output: Path, kind: str, params: tuple[str, ...], target_resolution: float | None, noise_shape: str,
+    fsc_width: float, fsc_curve: Path | None, half_maps: bool, seed: int, voxel_size: float | None, overwrite: bool,
+) -> None:
     """Apply an operator's simulate() to a clean map: how benchmark inputs are made."""
     import torch
 
     from .components import PrepareContext
+    from .levels import noise_power_for_resolution, read_fsc_curve
     from .mrc import read_volume, write_volume
     from .runner import check_outputs
     from .specs import component_from_params
 
-    check_outputs([output], overwrite)
-    op = component_from_params("operator", kind, params)
+    halves = [output.with_name(f"{output.stem}_half{i}{output.suffix}") for i in (1, 2)] if half_maps else []
+    check_outputs([output, *halves], overwrite)
     volume = read_volume(clean, voxel_size)
-    if hasattr(op, "prepare"):
-        op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
+    if target_resolution is not None:
+        curve = read_fsc_curve(fsc_curve) if fsc_curve is not None else None
+        try:
+            power = noise_power_for_resolution(volume, target_resolution, noise_shape, fsc_width, curve)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--target-resolution") from None
+        params = (*params, f"noise_power={power.tolist()}")
+    elif fsc_curve is not None:
+        raise click.BadParameter("needs --target-resolution", param_hint="--fsc-curve")
+
+    def build(factor: float):
+        scaled = params if factor == 1.0 or target_resolution is None else (*params[:-1], f"noise_power={(factor * power).tolist()}")
+        op = component_from_params("operator", kind, scaled)
+        if hasattr(op, "prepare"):
+            op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
+        return op
+
     generator = torch.Generator().manual_seed(seed)
-    degraded = op.simulate(volume.data, generator)
+    if half_maps:
+        if target_resolution is None:
+            raise click.BadParameter("needs --target-resolution (the noise of each half map is twice the full map's)", param_hint="--half-maps")
+        op = build(2.0)
+        maps = [op.simulate(volume.data, generator) for _ in range(2)]
+        for path, data in zip(halves, maps):
+            write_volume(path, volume.with_data(data), overwrite=overwrite)
+            click.echo(f"wrote {path}")
+        degraded = 0.5 * (maps[0] + maps[1])
+    else:
+        degraded = build(1.0).simulate(volume.data, generator)
     write_volume(output, volume.with_data(degraded), overwrite=overwrite)
     click.echo(f"wrote {output}")
 

@@ -34,6 +34,11 @@ class PrepareContext:
     device: torch.device
     observation: Volume | None = None
     operators: list = attrs.Factory(list)
+    signal_estimate: Volume | None = None
+    """The observation's best linear estimate of the clean map (the Wiener filter of the operators'
+    noise model, `cryoinverse.spectra.wiener_estimate`), where the operators are Fourier-diagonal
+    and Gaussian; None otherwise. Statistics of the clean map (a density scale) are taken from it
+    rather than from a noisy observation."""
 
 
 @runtime_checkable

@@ -23,6 +23,8 @@ from .errors import DataError, SpecError
 from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
 from .progress import ProgressFactory, silent
+from .slices import write_slices_png
+from .spectra import wiener_estimate
 from .specs import TaskSpec, check_structure, spec_to_dict, validate_files
 from .tiling import adapt_prior
 from .volume import Volume
@@ -45,6 +47,7 @@ class RunResult:
     std: Volume | None
     report: dict
     written: list[Path]
+    observation: Volume | None = None
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
@@ -114,31 +117,14 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
                     break
         if None in shape:
             raise SpecError("[inputs] box: no map gives the box size; set inputs.box")
-    ctx.shape, ctx.voxel_size, ctx.observation = shape, voxel_size, observation
-    # A prior with a fixed box (and voxel size) sees the map resampled and tiled; the spec is unchanged.
-    prior = adapt_prior(spec.prior, shape, voxel_size) if voxel_size else spec.prior
-    _call_prepare(prior, ctx)
-    _call_prepare(spec.sampler, ctx)
     likelihood = None
     if spec.operators:
         likelihood = Likelihood([Observation(op, _to_device(y, device)) for op, y in zip(spec.operators, observed)])
-    timings["load_and_prepare_s"] = time.perf_counter() - t0
+    timings["load_s"] = time.perf_counter() - t0
 
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
-    # All initial noise is drawn at once, so the samples do not depend on the batch size.
-    init = torch.randn((spec.samples, *shape), generator=generator, device=device, dtype=torch.float32)
-    steps = getattr(spec.sampler, "steps", 1)
-    batch = spec.batch or spec.samples
     t1 = time.perf_counter()
-    chunks = []
-    with progress(steps * math.ceil(spec.samples / batch), f"{spec.sampler.name}") as update:
-        for start in range(0, spec.samples, batch):
-            out = spec.sampler.run(prior, likelihood, init[start : start + batch], generator=generator, progress=update)
-            chunks.append(out.detach().to("cpu", torch.float32))
+    maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name)
     timings["sample_s"] = time.perf_counter() - t1
-    maps = torch.cat(chunks)
-    if not torch.isfinite(maps).all():
-        raise DataError("sampling diverged (NaN or infinite values); lower sampler.lam_base or raise sampler.steps")
     like = geometry or observation
     origin = like.origin if like is not None else (0.0, 0.0, 0.0)
     voxel_size = voxel_size or 1.0
@@ -156,11 +142,140 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     }
     if spec.samples > 1:
         report["samples"] = {"count": spec.samples, "mean_fsc_auc_between_samples": _mean_pairwise_auc(maps)}
+    warnings_: list[str] = []
+    halves = _halves_of(spec) if spec.check_halves else None
+    if halves is not None and observation is not None:
+        t2 = time.perf_counter()
+        report["half_maps"], warnings_ = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
+        timings["half_maps_s"] = time.perf_counter() - t2
+    warnings_ += _absurd(mean, observation)
+    report["warnings"] = warnings_
     if reference is not None:
         report["metrics"] = {"restored": compare(mean, reference, mask).as_dict()}
         if observation is not None and observation.shape == reference.shape:
             report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
-    return RunResult(volume=mean, std=std, report=report, written=[])
+    return RunResult(volume=mean, std=std, report=report, written=[], observation=observation)
+
+
+def _sample(
+    spec: TaskSpec, likelihood: Likelihood | None, observation: Volume | None, shape: tuple[int, int, int],
+    voxel_size: float | None, device: torch.device, samples: int, seed: int, progress: ProgressFactory, label: str,
+) -> torch.Tensor:
+    """Prepare the prior and sampler for this observation and draw `samples` maps (samples, *shape), CPU float32."""
+    ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
+    if likelihood is not None:
+        ctx.operators = [obs.operator for obs in likelihood.observations]
+        ctx.signal_estimate = _signal_estimate(likelihood, observation)
+    # A prior with a fixed box (and voxel size) sees the map resampled and tiled; the spec is unchanged.
+    prior = adapt_prior(spec.prior, shape, voxel_size) if voxel_size else spec.prior
+    _call_prepare(prior, ctx)
+    _call_prepare(spec.sampler, ctx)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    # All initial noise is drawn at once, so the samples do not depend on the batch size.
+    init = torch.randn((samples, *shape), generator=generator, device=device, dtype=torch.float32)
+    steps = getattr(spec.sampler, "steps", 1)
+    batch = min(spec.batch or samples, samples)
+    chunks = []
+    with progress(steps * math.ceil(samples / batch), label) as update:
+        for start in range(0, samples, batch):
+            out = spec.sampler.run(prior, likelihood, init[start : start + batch], generator=generator, progress=update)
+            chunks.append(out.detach().to("cpu", torch.float32))
+    maps = torch.cat(chunks)
+    if not torch.isfinite(maps).all():
+        raise DataError("sampling diverged (NaN or infinite values); lower sampler.lam_base or raise sampler.steps")
+    return maps
+
+
+def _halves_of(spec: TaskSpec) -> tuple[Any, tuple[Volume, Volume]] | None:
+    """(operator, its two half maps) of a one-operator task whose noise came from half maps."""
+    if len(spec.operators) != 1:
+        return None
+    op = spec.operators[0]
+    halves = getattr(op, "halves", lambda: None)()
+    if halves is None or not hasattr(op, "for_half_map"):
+        return None
+    return op, halves
+
+
+STRONG_FSC = 0.5  # half-map FSC above which a shell's data are strong enough to hold the prior to them
+OVERRIDE_MARGIN = 0.1  # how far FSC(restored, input) may fall below FSC(input, truth) there before we warn
+
+
+def check_half_maps(
+    spec: TaskSpec, halves: tuple[Any, tuple[Volume, Volume]], observation: Volume, restored: Volume,
+    shape: tuple[int, int, int], voxel_size: float | None, device: torch.device, progress: ProgressFactory,
+) -> tuple[dict, list[str]]:
+    """What half maps tell without a reference: each half restored alone, their FSC, and data overridden.
+
+    - `input`: the gold-standard FSC of the half maps (AUC, FSC-0.143 resolution).
+    - `restored`: the FSC between the two halves restored separately (one sample each). Both
+      restorations share the prior, so this FSC is an upper bound on the restoration's quality:
+      a prior that invents the same density in both halves raises it.
+    - `agreement`: per shell, FSC(restored, input) against the FSC the input itself has with the
+      truth, sqrt(2 F / (1 + F)) (F the half-map FSC). A restoration equal to the truth reaches
+      that value; one well below it, in shells where the data are strong (F >= 0.5), replaced
+      measured density by the prior's: a warning names those shells.
+    """
+    from .metrics import fsc, resolution_at
+
+    op, (h1, h2) = halves
+    half_op = op.for_half_map()
+    restored_halves = []
+    for i, half in enumerate((h1, h2)):
+        likelihood = Likelihood([Observation(half_op, half.data.to(device))])
+        maps = _sample(spec, likelihood, half, shape, voxel_size, device, 1, spec.seed + 1 + i, progress, f"half map {i + 1}")
+        restored_halves.append(maps[0])
+    n = shape[-1]
+    vs = voxel_size or 1.0
+    f_in = fsc(h1.data, h2.data)
+    f_out = fsc(restored_halves[0], restored_halves[1])
+    agreement = fsc(restored.data, observation.data)
+    expected = torch.sqrt((2 * f_in.clamp(min=0) / (1 + f_in.clamp(min=0))))
+    resolutions = [n * vs / r for r in range(1, f_in.numel())]
+    strong = [r for r in range(1, f_in.numel()) if f_in[r] >= STRONG_FSC]
+    overridden = [r for r in strong if agreement[r] < expected[r] - OVERRIDE_MARGIN]
+    report = {
+        "input": {"auc": float(f_in[1:].mean()), "resolution_0.143": resolution_at(f_in, vs, 0.143, n)},
+        "restored": {"auc": float(f_out[1:].mean()), "resolution_0.143": resolution_at(f_out, vs, 0.143, n)},
+        "curve": [
+            {"resolution_A": res, "fsc_input_halves": float(f_in[r]), "fsc_restored_halves": float(f_out[r]),
+             "fsc_restored_vs_input": float(agreement[r]), "fsc_input_vs_truth_expected": float(expected[r])}
+            for r, res in zip(range(1, f_in.numel()), resolutions)
+        ],
+        "overridden_resolutions_A": [n * vs / r for r in overridden],
+    }
+    warnings_ = []
+    if overridden:
+        worst = max(overridden, key=lambda r: float(expected[r] - agreement[r]))
+        warnings_.append(
+            f"the prior overrode the data in {len(overridden)} of {len(strong)} well-measured shells "
+            f"(half-map FSC >= {STRONG_FSC}): at {n * vs / worst:.1f} A the restoration agrees with the input "
+            f"(FSC {float(agreement[worst]):.2f}) less than the input agrees with the truth ({float(expected[worst]):.2f}); "
+            "check the noise model, the density scale ([prior] scale) or lower the guidance's trust in the prior"
+        )
+    return report, warnings_
+
+
+def _absurd(restored: Volume, observation: Volume | None) -> list[str]:
+    """A warning when the restored map's RMS is orders of magnitude off the observation's."""
+    if observation is None or observation.shape != restored.shape:
+        return []
+    rms_in = float(observation.data.to(torch.float64).square().mean().sqrt())
+    rms_out = float(restored.data.to(torch.float64).square().mean().sqrt())
+    if rms_in > 0 and not 1e-2 < rms_out / rms_in < 1e2:
+        return [f"the restored map's RMS ({rms_out:.3g}) is {rms_out / rms_in:.3g} times the input's ({rms_in:.3g}): the result is likely meaningless"]
+    return []
+
+
+def _signal_estimate(likelihood: Likelihood, observation: Volume | None) -> Volume | None:
+    """The Wiener estimate of the clean map where the operators allow it (see PrepareContext)."""
+    if observation is None:
+        return None
+    information = likelihood.fourier_information()
+    if information is None:
+        return None
+    estimate = wiener_estimate(*information)
+    return None if estimate is None else observation.with_data(estimate.to("cpu", torch.float32))
 
 
 def _to_device(y: Any, device: torch.device) -> Any:
@@ -190,6 +305,9 @@ def run_task(spec: TaskSpec, overwrite: bool = False, progress: ProgressFactory 
         written.append(write_fsc_csv(outputs.fsc_csv, {"restored": metrics, **_others(result.report)}))
     if metrics is not None and outputs.fsc_plot is not None:
         written.append(write_fsc_plot(outputs.fsc_plot, {"restored": metrics, **_others(result.report)}))
+    panels = {"input": result.observation if result.observation is not None and result.observation.shape == result.volume.shape else None,
+              "restored": result.volume, "std": result.std}
+    written.append(write_slices_png(outputs.slices_path, panels, title=f"central slices: {outputs.map.name}"))
     result.report["outputs"] = [str(p) for p in written] + [str(outputs.report_path)]
     written.append(write_json(outputs.report_path, result.report))
     result.written = written

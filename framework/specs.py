@@ -55,16 +55,22 @@ class Outputs:
     std: Path | None = param(None, help="per-voxel standard deviation over samples (needs samples > 1)")
     fsc_plot: Path | None = param(None, help="PNG plot of FSC against the reference")
     fsc_csv: Path | None = param(None, help="CSV of the FSC curve against the reference")
+    slices: Path | None = param(None, help="PNG of central slices of input, restored and std maps (default: beside the map, <name>_slices.png)")
 
     @property
     def report_path(self) -> Path:
         """Where the JSON report goes."""
         return self.report if self.report is not None else self.map.with_suffix(".json")
 
+    @property
+    def slices_path(self) -> Path:
+        """Where the PNG of central slices goes."""
+        return self.slices if self.slices is not None else self.map.with_name(f"{self.map.stem}_slices.png")
+
     def paths(self) -> list[Path]:
         """Every file this task will write."""
         extra = [self.std, self.fsc_plot, self.fsc_csv]
-        return [self.map, self.report_path, *[p for p in extra if p is not None]]
+        return [self.map, self.report_path, self.slices_path, *[p for p in extra if p is not None]]
 
 
 @attrs.define
@@ -82,6 +88,7 @@ class TaskSpec:
     samples: int = param(1, help="number of posterior samples; their mean and std maps are written", validator=positive)
     batch: int | None = param(None, help="samples run together in one batch (default: all; lower it to save memory)", validator=positive)
     observations: list = param(factory=list, help="per-operator observation paths (None: inputs.observation or the operator's own)")
+    check_halves: bool = param(True, help="with half maps, also restore each half separately and report their FSC and where the prior overrode the data (two more restorations)")
     source: Path | None = attrs.field(default=None, metadata={"help": "the task file this spec came from"})
 
     def observation_paths(self) -> list[Path | None]:
@@ -97,7 +104,7 @@ class TaskSpec:
         return self.operators[0] if self.operators else None
 
 
-TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples", "batch"}
+TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples", "batch", "check_halves"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -285,7 +292,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
             continue
         built[section], errs = build_attrs(cls, table, section, source)
         problems += errs
-    settings = {k: raw[k] for k in ("seed", "device", "samples", "batch") if k in raw}
+    settings = {k: raw[k] for k in ("seed", "device", "samples", "batch", "check_halves") if k in raw}
     top, errs = build_attrs(_Settings, settings, "", source)
     problems += errs
     if problems:
@@ -302,6 +309,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         device=top.device,
         samples=top.samples,
         batch=top.batch,
+        check_halves=top.check_halves,
         source=source,
     )
     check_structure(spec)
@@ -314,6 +322,7 @@ class _Settings:
     device: str = param("auto", help="'auto', 'cpu' or 'cuda[:N]'", validator=_device)
     samples: int = param(1, help="number of posterior samples", validator=positive)
     batch: int | None = param(None, help="samples run together in one batch", validator=positive)
+    check_halves: bool = param(True, help="with half maps, also restore each half separately")
 
 
 def _supplies_observation(op: Any) -> bool:
@@ -431,6 +440,7 @@ def spec_to_dict(spec: TaskSpec) -> dict:
         "device": spec.device,
         "samples": spec.samples,
         "batch": spec.batch,
+        "check_halves": spec.check_halves,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .fourier import fftn, shell_average, shell_counts
+from .fourier import expand_shells, fftn, ifftn, shell_average, shell_counts
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
@@ -55,3 +55,35 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, t
         "snr_full": 2.0 * fsc_pos / (1.0 - fsc_pos),
         "signal": (p_half - noise_half).clamp(min=0.0),
     }
+
+
+def signal_power(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+    """Per-coefficient signal power (n, n, n) of a map estimated from Fourier-diagonal observations.
+
+    `info` and `stat` are a likelihood's sufficient statistics (`Likelihood.fourier_information`):
+    the combined observation stat / info has noise power 1 / info where info > 0. A shell's signal
+    power is its mean observed power minus its mean noise power over the observed coefficients
+    (empirical Bayes), floored at a millionth of the largest shell's so weights stay finite.
+    """
+    n = info.shape[-1]
+    seen = info > 0
+    safe = info.clamp(min=1e-300)
+    combined = torch.where(seen, stat / safe, torch.zeros_like(stat))
+    power = shell_average(torch.where(seen, combined.abs().square(), torch.zeros_like(info)))
+    noise = shell_average(torch.where(seen, 1.0 / safe, torch.zeros_like(info)))
+    fraction = shell_average(seen.to(info.dtype)).clamp(min=1e-12)
+    shell = ((power - noise) / fraction).clamp(min=0.0)
+    shell = shell.clamp(min=1e-6 * float(shell.max()))
+    return expand_shells(shell, n)
+
+
+def wiener_estimate(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor | None:
+    """E[x | y] under a zero-mean Gaussian signal with the estimated `signal_power`: S z / (1 + S I).
+
+    The best linear estimate of the clean map from Fourier-diagonal observations (float64, (n, n, n));
+    None where the statistics are not finite (a noise-free operator).
+    """
+    if not (torch.isfinite(info).all() and torch.isfinite(stat).all()):
+        return None
+    s = signal_power(info, stat)
+    return ifftn(s * stat / (1.0 + s * info))

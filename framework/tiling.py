@@ -153,7 +153,7 @@ class TiledPrior:
         percentile). Operators are not passed on: their spectra are defined on the whole map."""
         prepare = getattr(self.prior, "prepare", None)
         if prepare is not None:
-            prepare(PrepareContext((self.tile,) * 3, ctx.voxel_size, ctx.device, ctx.observation, []))
+            prepare(PrepareContext((self.tile,) * 3, ctx.voxel_size, ctx.device, ctx.observation, [], ctx.signal_estimate))
 
     def velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """Blended inner velocity on a batch (B, D, H, W) of any D, H, W."""
@@ -260,12 +260,13 @@ class ResampledPrior:
         prepare = getattr(self.prior, "prepare", None)
         if prepare is None:
             return
-        observation = ctx.observation
-        if observation is not None:
-            observation = Volume(
-                resample_to_shape(observation, self.prior_shape).data, self.prior_voxel_size, observation.origin
-            )
-        prepare(PrepareContext(self.prior_shape, self.prior_voxel_size, ctx.device, observation, []))
+        observation, estimate = (self._resampled(v) for v in (ctx.observation, ctx.signal_estimate))
+        prepare(PrepareContext(self.prior_shape, self.prior_voxel_size, ctx.device, observation, [], estimate))
+
+    def _resampled(self, volume: Volume | None) -> Volume | None:
+        if volume is None:
+            return None
+        return Volume(resample_to_shape(volume, self.prior_shape).data, self.prior_voxel_size, volume.origin)
 
     def _to_prior(self, z: torch.Tensor) -> torch.Tensor:
         return resample_tensor(z, self.prior_shape, unitary=True)

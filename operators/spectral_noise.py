@@ -9,6 +9,7 @@ two half maps by the gold-standard FSC (`cryoinverse.spectra.half_map_statistics
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import ClassVar
 
@@ -76,6 +77,18 @@ class SpectralNoise:
             return None
         h1, h2 = self._halves
         return h1.with_data(0.5 * (h1.data + h2.data))
+
+    def halves(self) -> tuple[Volume, Volume] | None:
+        """The two half maps, when the noise came from them (after `prepare`)."""
+        return self._halves
+
+    def for_half_map(self) -> "SpectralNoise":
+        """The noise model of one half map: twice the noise power of their average (after `prepare`)."""
+        if self._spectrum is None:
+            raise SpecError(f"[operator] {self.name}: only noise estimated from half maps has a half-map model")
+        half = copy.copy(self)
+        half._spectrum, half._halves = 2.0 * self._spectrum, None
+        return half
 
     def shell_noise_power(self, n: int) -> torch.Tensor:
         """Noise power per shell (float64, shells 0..corner) for an n^3 box."""

@@ -340,6 +340,11 @@ class CryoFMPrior:
         help="density that normalisation divides by (CryoFM-1: the map's 99.999th percentile); default: from the observation",
         validator=positive,
     )
+    scale_from: str = param(
+        "estimate",
+        help="where the default scale is measured: estimate (the Wiener-filtered observation; noise inflates a raw map's percentile) or observation",
+        validator=one_of("estimate", "observation"),
+    )
 
     _meta: PriorMeta | None = attrs.field(default=None, init=False, repr=False)
     _model: HDiT | None = attrs.field(default=None, init=False, repr=False)
@@ -380,8 +385,11 @@ class CryoFMPrior:
                 f"{meta.voxel_size:g} A/voxel; resample the map to the prior's voxel size for meaningful results",
                 stacklevel=2,
             )
-        if self.scale is None and ctx.observation is not None:
-            self._observed_scale = percentile_scale(ctx.observation.data, meta.normalization.percentile)
+        if self.scale is None:
+            source = ctx.signal_estimate if self.scale_from == "estimate" else None
+            source = source if source is not None else ctx.observation
+            if source is not None:
+                self._observed_scale = percentile_scale(source.data, meta.normalization.percentile)
         self.network(ctx.device)
 
     def _check_box(self, shape: tuple[int, ...]) -> None:

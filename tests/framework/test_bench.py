@@ -14,7 +14,7 @@ from cryoinverse.bench import load_bench, merge_parts, read_rows, run_bench
 from cryoinverse.cli import build_cli
 from cryoinverse.demo import demo_map
 from cryoinverse.errors import SpecError
-from cryoinverse.levels import noise_variance_for_resolution
+from cryoinverse.levels import noise_power_for_resolution, noise_variance_for_resolution
 from cryoinverse.metrics import compare
 from cryoinverse.operators.spectral_noise import SpectralNoise
 from tests.conftest import blob_density
@@ -77,7 +77,7 @@ def test_bench_cli_table_csv_and_plot(bench_dir):
 
     for i, name in enumerate(["m0.mrc", "m1.mrc"]):
         clean = read_volume(bench_dir / "clean" / name)
-        op = SpectralNoise(noise_variance=noise_variance_for_resolution(clean, 6.0))
+        op = SpectralNoise(noise_power=noise_power_for_resolution(clean, 6.0).tolist())  # the default: logistic FSC
         degraded = op.simulate(clean.data, torch.Generator().manual_seed(i))
         curve = _fsc_numpy(degraded.double().numpy(), clean.data.double().numpy())
         row = next(r for r in rows if r["map"] == name and r["degradation"] == "spectral-6A" and r["method"] == "degraded")
@@ -140,3 +140,38 @@ def test_degradation_hits_its_target_resolution_within_one_shell(target):
     got = compare(ref.with_data(op.simulate(ref.data, torch.Generator().manual_seed(0))), ref).resolution_05
     shell_target, shell_got = n * vs / target, n * vs / got
     assert abs(shell_got - shell_target) <= 1.0, (got, target)
+
+
+def test_half_map_degradation_estimates_the_noise_from_its_halves():
+    import torch
+
+    from cryoinverse.bench import Degradation
+    from cryoinverse.registry import get_registry
+
+    clean = demo_map()
+    deg = Degradation("spectral-6A", {"kind": "spectral-noise"}, target_resolution=6.0, half_maps=True)
+    degraded, op, halves = deg.degrade(clean, get_registry(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(degraded.data, 0.5 * (halves[0].data + halves[1].data))
+    # the estimated noise power of the average follows the wanted one (shells 8..31 hold >= 800 coefficients)
+    want = noise_power_for_resolution(clean, 6.0)[8:32]
+    got = op.shell_noise_power(64)[8:32]
+    assert float((got / want).mean()) == pytest.approx(1.0, abs=0.1)
+    assert compare(degraded, clean).resolution_05 == pytest.approx(6.0, rel=0.05)
+
+
+def test_bad_noise_shaping_fields(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "a.mrc").write_bytes(b"")
+    (tmp_path / "b.toml").write_text(
+        'maps = ["clean/*.mrc"]\n'
+        '[[degradations]]\nkind = "spectral-noise"\ntarget_resolution = 6.0\nnoise_shape = "pink"\n'
+        '[[degradations]]\nkind = "spectral-noise"\nnoise_variance = 1.0\nfsc_width = 0.2\n'
+        '[[degradations]]\nkind = "spectral-noise"\ntarget_resolution = 6.0\nfsc_curve = "missing.csv"\n'
+        '[[methods]]\nname = "degraded"\n'
+    )
+    with pytest.raises(SpecError) as err:
+        load_bench(tmp_path / "b.toml")
+    text = str(err.value)
+    assert "noise_shape: must be one of logistic, white; got 'pink'" in text
+    assert "[degradations.1] fsc_width: need target_resolution" in text
+    assert "fsc_curve" in text and "missing.csv" in text

@@ -123,7 +123,7 @@ def test_run_writes_map_and_report(cli, maps, elsewhere):
     result = invoke(cli, "run", task, "--quiet")
     assert result.exit_code == 0, result.output
     # default outputs: restored.mrc and restored.json beside the task file, not in the current folder
-    assert sorted(p.name for p in maps.iterdir() if p.name.startswith("restored")) == ["restored.json", "restored.mrc"]
+    assert sorted(p.name for p in maps.iterdir() if p.name.startswith("restored")) == ["restored.json", "restored.mrc", "restored_slices.png"]
     assert list(elsewhere.iterdir()) == []
 
     restored = read_volume(maps / "restored.mrc")
@@ -144,7 +144,7 @@ def test_run_writes_map_and_report(cli, maps, elsewhere):
     assert report["task"]["inputs"]["observation"] == str(maps / "observation.mrc")
     assert report["seed"] == 0
     assert {"python", "torch", "numpy"} <= set(report["versions"])
-    assert report["timings"]["sample_s"] >= 0 and report["timings"]["load_and_prepare_s"] >= 0
+    assert report["timings"]["sample_s"] >= 0 and report["timings"]["load_s"] >= 0
     assert report["source"] == str(task)
 
 

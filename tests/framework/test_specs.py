@@ -318,7 +318,7 @@ def python_spec(maps: Path, out: Path, **inputs) -> TaskSpec:
 
 def test_python_spec_runs_like_the_toml_file(maps):
     result = run_task(python_spec(maps, maps / "python"))
-    assert sorted(p.name for p in (maps / "python").iterdir()) == ["restored.json", "restored.mrc"]
+    assert sorted(p.name for p in (maps / "python").iterdir()) == ["restored.json", "restored.mrc", "restored_slices.png"]
 
     toml = load_spec(write_task(maps, TASK + '\n[outputs]\nmap = "toml/restored.mrc"\n'))
     from_toml = run_task(toml)
