@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .components import PrepareContext
 from .resample import resample_tensor, resample_to_shape, resampled_shape
@@ -173,7 +174,11 @@ class TiledPrior:
             chunk = jobs[first : first + self.batch_size]
             corners = [(i, *(p.starts[k] for p, k in zip(plans, ks))) for i, *ks in chunk]
             boxes = torch.stack([padded[i, z : z + b, y : y + b, x : x + b] for i, z, y, x in corners])
-            v = self.prior.velocity(boxes, t)
+            if torch.is_grad_enabled() and boxes.requires_grad:
+                # recompute each batch of boxes in the backward pass: memory of one batch, not of the whole map
+                v = checkpoint(self.prior.velocity, boxes, t, use_reentrant=False)
+            else:
+                v = self.prior.velocity(boxes, t)
             for k, ((i, z, y, x), (_, kz, ky, kx)) in enumerate(zip(corners, chunk)):
                 w = weights[0][kz][:, None, None] * weights[1][ky][None, :, None] * weights[2][kx][None, None, :]
                 out[i, z : z + b, y : y + b, x : x + b] += w * v[k]
@@ -320,13 +325,17 @@ def adapt_prior(
     """`prior` made usable on maps of `shape` voxels at `voxel_size` Angstrom.
 
     Reads `prior.box` (edge it supports, None = any) and `prior.voxel_size` (Angstrom it was
-    trained at, None = any; `prior_voxel_size` overrides it). Resamples when the voxel sizes
+    trained at, None = any; `prior_voxel_size` overrides it), and where the prior has them
+    `prior.tile_overlap` (voxels, overriding `overlap` when set) and `prior.tile_batch` (boxes per
+    network call, overriding `batch_size`: memory grows with it). Resamples when the voxel sizes
     differ by more than `rtol` (relative), tiles when the (resampled) map is not one box, and
     returns `prior` itself when neither is needed. `overlap` (default half a box), `margin`
     (default overlap // 8) and `batch_size` (boxes per call of the inner velocity) go to
     `TiledPrior`. Call the result's `prepare(ctx)` (map geometry) instead of the prior's.
     """
     box = getattr(prior, "box", None)
+    overlap = overlap if overlap is not None else getattr(prior, "tile_overlap", None)
+    batch_size = getattr(prior, "tile_batch", None) or batch_size
     trained = prior_voxel_size if prior_voxel_size is not None else getattr(prior, "voxel_size", None)
     shape = tuple(int(n) for n in shape)
     resample = trained is not None and voxel_size is not None and abs(trained - voxel_size) > rtol * voxel_size

@@ -313,6 +313,12 @@ def percentile_scale(data: torch.Tensor, percentile: float) -> float:
     return s
 
 
+def _overlap_below_box(instance, attribute, value) -> None:
+    positive(instance, attribute, value)
+    if value is not None and value >= instance.box:
+        raise ValueError(f"{attribute.name}: must be smaller than the prior's box ({instance.box}); got {value}")
+
+
 @attrs.define
 class CryoFMPrior:
     """CryoFM's learned prior: an HDiT velocity network, CryoFM-1 normalisation, trained box only."""
@@ -340,6 +346,8 @@ class CryoFMPrior:
         help="density that normalisation divides by (CryoFM-1: the map's 99.999th percentile); default: from the observation",
         validator=positive,
     )
+    tile_batch: int = param(8, help="boxes per network call when a map is tiled (memory grows with it)", validator=positive)
+    tile_overlap: int | None = param(None, help="voxels that neighbouring boxes share when a map is tiled (default: half a box; less is faster)", validator=_overlap_below_box)
     scale_from: str = param(
         "estimate",
         help="where the default scale is measured: estimate (the Wiener-filtered observation; noise inflates a raw map's percentile) or observation",

@@ -67,6 +67,8 @@ class TrainConfig:
     rot24: bool = param(False, help="rotate by the 24 exact cube rotations instead of uniform SO(3)")
     seed: int = param(0, help="random seed")
     device: str = param("auto", help="auto, cpu or cuda[:N]")
+    scale_jitter: float = param(0.0, help="density-scale augmentation: each crop's CryoFM-1 scale times exp(u), u uniform in +-this (0: none)")
+    init: str = param("", help="start from these weights (.safetensors of the same architecture) instead of random ones")
     checkpoint_every: int = param(500, help="steps between checkpoints", validator=positive)
     log_every: int = param(10, help="steps between log lines", validator=positive)
 
@@ -127,6 +129,17 @@ def random_crop(volume: torch.Tensor, box: int, generator: torch.Generator, rot2
     return sample[0, 0] + BACKGROUND_Z
 
 
+def jitter_scale(z: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """Crops (B, ...) in CryoFM-1 units as if each map's scale were off by exp(u), u ~ U(-spread, spread).
+
+    z = (x / s - 0.04) / 0.09, so dividing s by f gives (z - z0) f + z0 with z0 the zero density:
+    the prior learns densities whose scale estimate is off, as it is on noisy maps.
+    """
+    u = (torch.rand(z.shape[0], generator=generator, dtype=torch.float64) * 2 - 1) * spread
+    factor = torch.exp(u).to(z.dtype).view(-1, *([1] * (z.ndim - 1)))
+    return (z - BACKGROUND_Z) * factor + BACKGROUND_Z
+
+
 def flow_matching_loss(model: Callable, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Rectified-flow loss mean |v(x_t, t) - (x1 - x0)|^2 for a batch of clean normalised crops."""
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
@@ -166,6 +179,13 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from the process's RNG state
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch).to(device)
+    if cfg.init:
+        from cryoinverse.priors.cryofm import load_prior
+
+        start, meta = load_prior(cfg.init)
+        if meta.architecture.name != cfg.arch:
+            raise SpecError(f"--init {cfg.init}: architecture {meta.architecture.name!r}, not {cfg.arch!r}")
+        model.load_state_dict(start.state_dict())
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -191,7 +211,10 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
     try:
         while step < cfg.steps:
             picks = torch.randint(0, len(maps), (cfg.batch_size,), generator=generator)
-            x1 = torch.stack([random_crop(maps[int(i)], cfg.box, generator, cfg.rot24) for i in picks]).to(device)
+            x1 = torch.stack([random_crop(maps[int(i)], cfg.box, generator, cfg.rot24) for i in picks])
+            if cfg.scale_jitter > 0:
+                x1 = jitter_scale(x1, cfg.scale_jitter, generator)
+            x1 = x1.to(device)
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             with autocast:
@@ -227,7 +250,8 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
             "voxel_size": cfg.voxel_size, "box": cfg.box, "normalization": "cryofm-1",
             "training": {
                 "arch": cfg.arch, "steps": cfg.steps, "batch_size": cfg.batch_size * world, "lr": cfg.lr, "warmup": cfg.warmup,
-                "schedule": cfg.schedule, "ema_decay": cfg.ema_decay, "rot24": cfg.rot24, "seed": cfg.seed, "maps": summary,
+                "schedule": cfg.schedule, "ema_decay": cfg.ema_decay, "rot24": cfg.rot24, "seed": cfg.seed,
+                "scale_jitter": cfg.scale_jitter, "init": cfg.init or None, "maps": summary,
             },
         }
         save_prior(weights, ema, cfg.arch, meta)

@@ -52,11 +52,16 @@ class FlowPosteriorEuler:
     schedule: str = param("cryofm", help="weight schedule: cryofm = lam_base min((1-t)/t, lam_max); constant = lam_base", validator=one_of("cryofm", "constant"))
     normalize_gradient: bool = param(True, help="divide the likelihood gradient by its per-map RMS")
     guidance: str = param(
-        "cryofm",
-        help="cryofm: gradient at x1_hat (Alg. 1); exact: closed-form grad log p(y | x_t); wiener: x1_hat and the observation combined per Fourier coefficient",
-        validator=one_of("cryofm", "exact", "wiener"),
+        "auto",
+        help="wiener: x1_hat and the observation combined per Fourier coefficient; cryofm: gradient at x1_hat (Alg. 1); "
+        "exact: closed-form grad log p(y | x_t); auto: wiener where every operator is Fourier-diagonal with noise, else cryofm",
+        validator=one_of("auto", "wiener", "cryofm", "exact"),
     )
-    prior_error: float = param(1.0, help="wiener: the prior's error variance at t as a multiple of a Gaussian prior's (smaller trusts the network more)", validator=positive)
+    prior_error: float = param(
+        1.0,
+        help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's (larger trusts the data more)",
+        validator=positive,
+    )
 
     def weight(self, t: float) -> float:
         """lam(t) of the schedule."""
@@ -76,9 +81,14 @@ class FlowPosteriorEuler:
         """Integrate the posterior flow from the noise `init`; returns density units."""
         if likelihood is None:
             raise SpecError("[sampler] flow-posterior-euler needs an observation and an operator")
-        if self.guidance == "exact":
+        guidance = self.guidance
+        if guidance == "auto":
+            information = likelihood.fourier_information()
+            finite = information is not None and all(bool(torch.isfinite(a).all()) for a in information)
+            guidance = "wiener" if finite else "cryofm"
+        if guidance == "exact":
             step = self._exact_step(prior, likelihood)
-        elif self.guidance == "wiener":
+        elif guidance == "wiener":
             step = self._wiener_step(prior, likelihood)
         else:
             step = self._cryofm_step
@@ -126,6 +136,8 @@ class FlowPosteriorEuler:
         if information is None:
             raise SpecError("[sampler] guidance = 'wiener' needs Fourier-diagonal Gaussian operators; use guidance = 'cryofm'")
         info, stat = information
+        if not (torch.isfinite(info).all() and torch.isfinite(stat).all()):
+            raise SpecError("[sampler] guidance = 'wiener' needs noise in every observed coefficient (a noise-free operator: use flow-posterior-pseudoinverse)")
         # x = k z + b maps the prior's units to density (affine for every prior here)
         probe = torch.tensor([0.0, 1.0], dtype=torch.float64, device=info.device).reshape(2, 1, 1, 1)
         b0, b1 = (float(v) for v in prior.denormalize(probe).reshape(-1))
@@ -137,11 +149,11 @@ class FlowPosteriorEuler:
             with torch.no_grad():
                 v = prior.velocity(x, t)
                 x1_hat = data_estimate(x, v, t)
-                if conditional is not None:
+                if conditional is not None:  # the prior's own, exact
                     var = conditional(x, t).var
-                else:  # Var[x1 | x_t] of a Gaussian prior with the observed signal spectrum
-                    var = signal * (1 - t) ** 2 / (t * t * signal + (1 - t) ** 2)
-                var = self.prior_error * var * k**2  # density units
+                else:  # Var[x1 | x_t] of a Gaussian prior with the observed signal spectrum, scaled
+                    var = self.prior_error * signal * (1 - t) ** 2 / (t * t * signal + (1 - t) ** 2)
+                var = var * k**2  # density units
                 m = fftn(prior.denormalize(x1_hat).to(torch.float64))
                 # E[x1 | x_t, y] for x1 | x_t ~ N(x1_hat, var), per coefficient
                 delta = ifftn(var * (stat - info * m) / (1.0 + info * var)) / k

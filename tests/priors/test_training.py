@@ -110,3 +110,39 @@ def test_trained_prior_loads_and_samples(maps, tmp_path):
     prior = get_registry().get("prior", "cryofm")(weights=weights)
     v = prior.velocity(torch.randn(2, 16, 16, 16), 0.3)
     assert v.shape == (2, 16, 16, 16) and torch.isfinite(v).all()
+
+
+def test_scale_jitter_is_a_renormalisation_with_another_scale():
+    """jitter_scale(z) equals CryoFM-1 normalisation of the same density with the scale divided by exp(u)."""
+    from cryoinverse.priors.training import jitter_scale
+
+    x = torch.rand(3, 6, 6, 6, dtype=torch.float64)
+    s = 0.7
+    z = (x / s - 0.04) / 0.09
+    g = torch.Generator().manual_seed(4)
+    out = jitter_scale(z, 0.3, g)
+    u = (torch.rand(3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2 - 1) * 0.3
+    for i in range(3):
+        torch.testing.assert_close(out[i], (x[i] / (s / math.exp(float(u[i]))) - 0.04) / 0.09)
+    assert float(u.abs().max()) <= 0.3
+
+
+def test_init_starts_from_given_weights(maps, tmp_path):
+    from safetensors.torch import load_file
+
+    start = _run(_cfg(maps, tmp_path / "start", 5))
+    cfg = TrainConfig(**{**attrs_dict(_cfg(maps, tmp_path / "next", 1)), "lr": 1e-12, "init": str(start)})
+    weights = _run(cfg)
+    a, b = load_file(str(start)), load_file(str(weights))
+    for k in a:  # one step at lr 1e-12: the saved (EMA) weights are the initial ones
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    assert meta["training"]["init"] == str(start)
+    with pytest.raises(Exception, match="architecture"):
+        _run(TrainConfig(**{**attrs_dict(_cfg(maps, tmp_path / "bad", 1)), "arch": "compact", "init": str(start)}))
+
+
+def attrs_dict(cfg):
+    import attrs
+
+    return attrs.asdict(cfg, recurse=False)
