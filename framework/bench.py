@@ -24,6 +24,7 @@ Spec:
     name = "degraded"
     [[methods]]
     name = "gaussian"
+    samples = 4                     # this method's posterior samples (default: the top-level samples)
     prior = { kind = "gaussian" }
     sampler = { kind = "flow-posterior-euler", guidance = "exact", steps = 50 }
 """
@@ -83,6 +84,16 @@ class Degradation:
         curve = read_fsc_curve(self.fsc_curve) if self.fsc_curve is not None else None
         return noise_power_for_resolution(clean, self.target_resolution, self.noise_shape, self.fsc_width, curve)
 
+    def infeasible(self, clean: Volume) -> str | None:
+        """Why this degradation cannot be applied to `clean` (a target beyond Nyquist), or None."""
+        if self.target_resolution is None:
+            return None
+        try:
+            self.noise_power(clean)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
     def operator(self, clean: Volume, registry: Registry, noise_factor: float = 1.0):
         """The operator for this clean map (noise level set from the map when a target is given)."""
         table = dict(self.table)
@@ -115,6 +126,7 @@ class Method:
     name: str
     prior: dict | None = None
     sampler: dict | None = None
+    samples: int | None = None  # posterior samples averaged (default: the bench's `samples`)
 
 
 @attrs.frozen
@@ -184,7 +196,10 @@ def load_bench(path: Path, registry: Registry | None = None) -> BenchSpec:
                 problems += errs
         if ("prior" in table) != ("sampler" in table):
             problems.append(f"{path}: [methods.{i}] give both prior and sampler, or neither (the degraded input)")
-        methods.append(Method(name, table.get("prior"), table.get("sampler")))
+        count = table.get("samples")
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and count > 0):
+            problems.append(f"{path}: [methods.{i}] samples: must be a positive integer")
+        methods.append(Method(name, table.get("prior"), table.get("sampler"), count))
     if not degradations:
         problems.append(f"{path}: [[degradations]]: none given")
     if not methods:
@@ -241,7 +256,7 @@ def run_one(clean: Volume, degradation: Degradation, method: Method, bench: Benc
             raise SpecError(p1 + p2)
         spec = TaskSpec(
             prior=prior, sampler=sampler, operators=[op], inputs=Inputs(box=clean.shape[-1]),
-            seed=bench.seed, samples=bench.samples, device=bench.device,
+            seed=bench.seed, samples=method.samples or bench.samples, device=bench.device, check_halves=False,
         )
         restored = execute(spec, observation=degraded).volume
     wall = time.perf_counter() - t0
@@ -271,6 +286,10 @@ def run_bench(bench: BenchSpec, rank: int = 0, world: int = 1, echo=lambda s: No
             continue
         clean = read_volume(path)
         for degradation in bench.degradations:
+            problem = degradation.infeasible(clean)
+            if problem:
+                echo(f"{path.name} {degradation.name}: skipped ({problem})")
+                continue
             for method in bench.methods:
                 key = (path.name, degradation.name, method.name)
                 if key in done:

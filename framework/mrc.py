@@ -95,6 +95,18 @@ def _start_origin(mrc) -> np.ndarray:
     return xyz
 
 
+def _is_stack(path: Path, mrc) -> bool:
+    """An image stack: space group 0 with one section per image (MZ = 1) or a .mrcs name.
+
+    Space group 0 alone does not decide: many programs write 3D maps with ISPG = 0, and then
+    MZ (sampling along z) equals NZ, as in a volume.
+    """
+    h = mrc.header
+    if int(h.nz) <= 1 or int(getattr(h, "ispg", 1)) != 0:
+        return False
+    return int(h.mz) <= 1 or path.suffix.lower() == ".mrcs"
+
+
 def read_header(path: str | os.PathLike, voxel_size: float | None = None) -> MapHeader:
     """Shape (z, y, x) and voxel size of a map without reading its data."""
     path = Path(path)
@@ -106,7 +118,7 @@ def read_header(path: str | os.PathLike, voxel_size: float | None = None) -> Map
         perm = _axis_permutation(mrc)
         shape = tuple(dims[p] for p in perm)
         vs = float(voxel_size) if voxel_size else _voxel_size(path, mrc)
-        if int(h.nz) > 1 and int(getattr(h, "ispg", 1)) == 0:
+        if _is_stack(path, mrc):
             raise DataError(f"{path}: is an image stack (space group 0), not a 3D volume")
     return MapHeader(path, shape, vs)
 
@@ -118,7 +130,7 @@ def read_volume(path: str | os.PathLike, voxel_size: float | None = None) -> Vol
         data = np.asarray(mrc.data)
         if data.ndim != 3:
             raise DataError(f"{path}: holds {data.ndim}D data of shape {data.shape}; a 3D volume is needed")
-        if mrc.is_image_stack():
+        if _is_stack(path, mrc):
             raise DataError(f"{path}: is an image stack, not a 3D volume")
         if np.iscomplexobj(data):
             raise DataError(f"{path}: holds complex (Fourier) data; a real-space map is needed")

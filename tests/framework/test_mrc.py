@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import SHARED_DATA
 from cryoinverse.errors import DataError
 from cryoinverse.mrc import read_header, read_volume, write_volume
 from cryoinverse.volume import Volume
@@ -293,3 +294,29 @@ def test_atomic_write_gives_the_file_the_umask_mode_not_a_private_one(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_space_group_0_with_volume_sampling_is_a_volume(tmp_path):
+    """Many programs write 3D maps with ISPG = 0; MZ = NZ (and a .mrc name) says it is a volume."""
+    path = tmp_path / "map.mrc"
+    data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data)
+        mrc.header.ispg = 0
+        mrc.header.mz = 4
+        mrc.voxel_size = 1.5
+    volume = read_volume(path)
+    assert volume.shape == (4, 6, 8) and volume.voxel_size == pytest.approx(1.5)
+    np.testing.assert_array_equal(volume.data.numpy(), data)
+    stack = tmp_path / "map.mrcs"
+    stack.write_bytes(path.read_bytes())
+    with pytest.raises(DataError, match="image stack"):
+        read_volume(stack)
+
+
+@pytest.mark.parametrize("name, shape", [("2566_3J6B_9.mrc", (47, 52, 35)), ("emd_1461.mrc", (96, 80, 75))])
+def test_real_maps_written_with_space_group_0_read_as_volumes(name, shape):
+    path = SHARED_DATA / "maps" / name
+    if not path.exists():
+        pytest.skip("../shared/data is not present")
+    assert read_volume(path).shape == shape
