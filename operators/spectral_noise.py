@@ -42,7 +42,7 @@ class SpectralNoise:
     )
     noise_variance: float | None = param(None, help="white noise: the same power in every shell", validator=positive)
     half_maps: list[Path] | None = param(
-        None, help="two half maps: noise of their average estimated by the gold-standard FSC", validator=_two_paths
+        None, help="two half maps: noise of their average estimated by the gold-standard FSC", validator=_two_paths, is_map=True
     )
 
     _spectrum: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)

@@ -1,0 +1,108 @@
+"""What a run with half maps reports without a reference: each half restored, FSCs, data overridden."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from cryoinverse.levels import noise_power_for_resolution
+from cryoinverse.operators.spectral_noise import SpectralNoise
+from cryoinverse.priors.gaussian import GaussianPrior
+from cryoinverse.runner import execute, run_task
+from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
+from cryoinverse.samplers.prior import PriorSampler
+from cryoinverse.specs import Inputs, Outputs, TaskSpec
+from tests.conftest import blob_density
+
+
+@pytest.fixture
+def halves(write_map):
+    clean = blob_density(20, seed=1, n_atoms=60, voxel_size=1.5)
+    power = noise_power_for_resolution(clean, 6.0)
+    op = SpectralNoise(noise_power=(2 * power).tolist())
+    g = torch.Generator().manual_seed(0)
+    h1, h2 = (clean.with_data(op.simulate(clean.data, g)) for _ in range(2))
+    return write_map("h1.mrc", h1), write_map("h2.mrc", h2), h1, h2
+
+
+def _spec(paths, sampler, tmp_path=None, check=True):
+    outputs = Outputs(map=tmp_path / "out.mrc") if tmp_path is not None else Outputs()
+    return TaskSpec(
+        prior=GaussianPrior(), operators=[SpectralNoise(half_maps=list(paths))], sampler=sampler,
+        outputs=outputs, seed=0, check_halves=check,
+    )
+
+
+def _fsc_numpy(a, b):
+    n = a.shape[0]
+    k = np.fft.fftfreq(n)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    shells = np.round(np.sqrt(kz**2 + ky**2 + kx**2) * n).astype(int)
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    out = []
+    for r in range(1, n // 2 + 1):
+        m = shells == r
+        out.append(np.real((fa[m] * fb[m].conj()).sum()) / np.sqrt((np.abs(fa[m]) ** 2).sum() * (np.abs(fb[m]) ** 2).sum()))
+    return np.array(out)
+
+
+def test_report_gives_the_half_map_fsc_and_each_half_restored(halves):
+    p1, p2, h1, h2 = halves
+    report = execute(_spec((p1, p2), FlowPosteriorEuler(steps=10, guidance="exact"))).report
+    checks = report["half_maps"]
+    want = _fsc_numpy(h1.data.double().numpy(), h2.data.double().numpy())
+    assert checks["input"]["auc"] == pytest.approx(want.mean(), abs=1e-9)
+    np.testing.assert_allclose([c["fsc_input_halves"] for c in checks["curve"]], want, atol=1e-9)
+    # the FSC the input has with the truth, from the half-map FSC (Rosenthal & Henderson)
+    np.testing.assert_allclose([c["fsc_input_vs_truth_expected"] for c in checks["curve"]], np.sqrt(2 * np.clip(want, 0, None) / (1 + np.clip(want, 0, None))), atol=1e-9)
+    assert -1 <= checks["restored"]["auc"] <= 1
+    # an exact Gaussian posterior never overrides strong data
+    assert checks["overridden_resolutions_A"] == [] and report["warnings"] == []
+
+
+def test_a_restoration_that_ignores_the_data_is_flagged(halves):
+    """Unconditional prior samples agree with the input far less than the input agrees with the truth."""
+    p1, p2, *_ = halves
+    prior = GaussianPrior(power_from=p1)
+    spec = _spec((p1, p2), PriorSampler(steps=10))
+    spec.prior = prior
+    report = execute(spec).report
+    assert report["half_maps"]["overridden_resolutions_A"]
+    assert any("overrode the data" in w for w in report["warnings"])
+
+
+def test_half_map_checks_can_be_turned_off(halves):
+    p1, p2, *_ = halves
+    report = execute(_spec((p1, p2), FlowPosteriorEuler(steps=5, guidance="exact"), check=False)).report
+    assert "half_maps" not in report
+
+
+def test_run_writes_a_slices_png(halves, tmp_path):
+    p1, p2, *_ = halves
+    result = run_task(_spec((p1, p2), FlowPosteriorEuler(steps=5, guidance="exact"), tmp_path=tmp_path))
+    png = tmp_path / "out_slices.png"
+    assert png in result.written and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_slices_are_the_central_planes():
+    from cryoinverse.slices import central_slices
+
+    data = torch.arange(5 * 6 * 7, dtype=torch.float32).reshape(5, 6, 7)
+    z, y, x = central_slices(data)
+    np.testing.assert_array_equal(z, data[2].numpy())
+    np.testing.assert_array_equal(y, data[:, 3].numpy())
+    np.testing.assert_array_equal(x, data[:, :, 3].numpy())
+
+
+def test_half_maps_of_different_boxes_are_named(write_map):
+    from cryoinverse.errors import SpecError
+
+    a = write_map("a.mrc", blob_density(16, voxel_size=1.5))
+    b = write_map("b.mrc", blob_density(20, voxel_size=1.5))
+    c = write_map("c.mrc", blob_density(16, voxel_size=2.0))
+    for other, message in ((b, "box 20^3 does not match"), (c, "voxel size 2 A does not match")):
+        with pytest.raises(SpecError, match=message):
+            execute(_spec((a, other), FlowPosteriorEuler(steps=2, guidance="exact")))
