@@ -163,5 +163,5 @@ def test_wiener_guidance_with_an_estimated_spectrum():
     likelihood = Likelihood([Observation(op, y)])
     init = torch.randn(8, n, n, n, generator=torch.Generator().manual_seed(1))
     exact = FlowPosteriorEuler(steps=20, guidance="exact").run(estimated, likelihood, init)
-    wiener = FlowPosteriorEuler(steps=20, guidance="wiener").run(_Opaque(inner), likelihood, init)
+    wiener = FlowPosteriorEuler(steps=20, guidance="wiener", prior_error=1.0).run(_Opaque(inner), likelihood, init)
     torch.testing.assert_close(wiener, exact, rtol=2e-4, atol=2e-4)
