@@ -25,8 +25,11 @@ code: noise at its end of time, velocity from data to noise) is declared with
 nowhere else.
 
 Normalisation (CryoFM-1): z = (max(x, 0) / s - 0.04) / 0.09 with s the 99.999th percentile of
-the observed map, taken in `prepare(ctx)` and kept, so `denormalize` (x = (0.09 z + 0.04) s)
-inverts `normalize` for non-negative densities. The clip makes `normalize` lose negative
+the clean map, taken in `prepare(ctx)` from the Wiener estimate of the clean map
+(`ctx.signal_estimate`, where the operators give one; else, or with `scale_from =
+"observation"`, from the observed map) and kept, so `denormalize` (x = (0.09 z + 0.04) s)
+inverts `normalize` for non-negative densities. A noisy map's own percentile measures the noise:
+under noise rising with frequency it is 1-14 times the clean map's (priors/data/README.md). The clip makes `normalize` lose negative
 densities (noise, solvent below zero): denormalize(normalize(x)) = max(x, 0). Without an
 observation (and without `scale`), s = 1: maps come out in units of that percentile.
 
