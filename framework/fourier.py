@@ -50,7 +50,7 @@ def nyquist(n: int) -> int:
 
 def n_shells(n: int) -> int:
     """Number of shells of an n^3 box, corners included."""
-    return int(round(math.sqrt(3) * n / 2)) + 1
+    return int(round(math.sqrt(3) * (n // 2))) + 1  # the corner of the grid: |k| n <= sqrt(3) (n // 2)
 
 
 @functools.lru_cache(maxsize=16)

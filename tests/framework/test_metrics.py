@@ -270,3 +270,12 @@ def test_masked_real_space_metrics_match_numpy():
     s = torch.from_numpy(soft)
     assert real_space_correlation(ta, tb, s) == pytest.approx(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]), abs=1e-12)
     assert rmse(ta, tb, s) == pytest.approx(np.sqrt(np.average((a - b) ** 2, weights=soft)), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [7, 8, 15, 16, 65])
+def test_every_shell_holds_coefficients_odd_boxes_too(n):
+    """n_shells counts shells up to the grid's corner exactly: none is empty (0 / 0 in shell means)."""
+    from cryoinverse.fourier import n_shells, shell_counts, shell_index
+
+    assert int(shell_index(n).max()) + 1 == n_shells(n)
+    assert bool((shell_counts(n) > 0).all())
