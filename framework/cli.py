@@ -281,9 +281,33 @@ def demo(out_dir: Path, resolution: float, steps: int | None, samples: int | Non
         )
 
 
+_PLUGIN_COMMANDS: dict[str, str] = {}  # command name -> the plugin that added it in the last build
+
+
 def build_cli() -> click.Group:
-    """The CLI group with the commands of every plugin added."""
-    get_plugin_manager().hook.register_commands(cli=cli)
+    """The CLI group with the commands of every plugin added.
+
+    Each plugin's `register_commands` runs in turn; a command whose name is already taken (by a
+    built-in command or another plugin's) is an error naming both, never a silent replacement.
+    """
+    for name in _PLUGIN_COMMANDS:
+        cli.commands.pop(name, None)
+    _PLUGIN_COMMANDS.clear()
+    for impl in get_plugin_manager().hook.register_commands.get_hookimpls():
+        before = dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except CryoinverseError:
+            raise
+        except Exception as exc:
+            raise CryoinverseError(f"plugin {impl.plugin_name!r} failed in register_commands: {exc!r}") from exc
+        for name, command in list(cli.commands.items()):
+            if name in before and before[name] is not command:
+                cli.commands[name] = before[name]
+                owner = f"plugin {_PLUGIN_COMMANDS[name]!r}" if name in _PLUGIN_COMMANDS else "the built-in command"
+                raise CryoinverseError(f"plugin {impl.plugin_name!r} adds a command {name!r}, which {owner} already has; rename one of them")
+            if name not in before:
+                _PLUGIN_COMMANDS[name] = impl.plugin_name
     return cli
 
 

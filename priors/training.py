@@ -15,6 +15,7 @@ wrapped in DistributedDataParallel and each rank draws its own examples; rank 0 
 from __future__ import annotations
 
 import copy
+import pickle
 import json
 import math
 import os
@@ -195,7 +196,13 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
     checkpoint = cfg.out / "checkpoint.pt"
     step = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        try:  # weights_only: a checkpoint is tensors, numbers and strings; no file may run code here
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise DataError(
+                f"{checkpoint}: holds more than tensors, numbers and strings, and is not loaded (it could run code); "
+                f"use another --out ({str(exc).splitlines()[0]})"
+            ) from None
         if state["config"]["arch"] != cfg.arch or state["config"]["box"] != cfg.box:
             raise SpecError(f"{checkpoint}: was trained with arch {state['config']['arch']!r}, box {state['config']['box']}; use another --out")
         model.load_state_dict(state["model"])

@@ -371,3 +371,25 @@ def test_every_builtin_component_is_documented(pm):
 def test_every_builtin_plugin_implements_a_hook(pm):
     idle = [name for name in DEFAULT_PLUGINS if not pm.get_hookcallers(pm.get_plugin(name))]
     assert not idle
+
+
+def test_a_plugin_command_named_like_a_built_in_is_an_error():
+    from cryoinverse.cli import build_cli
+    from cryoinverse.errors import CryoinverseError
+
+    class Clash:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("run")
+            def run():
+                """A plugin's own run."""
+
+    live = get_plugin_manager()
+    live.register(Clash(), name="clash-plugin")
+    try:
+        with pytest.raises(CryoinverseError, match="plugin 'clash-plugin' adds a command 'run', which the built-in command already has"):
+            build_cli()
+    finally:
+        live.unregister(name="clash-plugin")
+    group = build_cli()
+    assert group.commands["run"].help.startswith("Run a task spec")  # the built-in is kept

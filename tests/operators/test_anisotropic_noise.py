@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cryoinverse.components import Likelihood, Observation
-from cryoinverse.demo import demo_map, noise_variance_for_resolution
+from cryoinverse.demo import demo_map
+from cryoinverse.levels import noise_variance_for_resolution
 from cryoinverse.directions import axis_from_angles, cone_mask
 from cryoinverse.errors import DataError
 from cryoinverse.fourier import shell_average, shell_index

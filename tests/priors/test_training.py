@@ -146,3 +146,17 @@ def attrs_dict(cfg):
     import attrs
 
     return attrs.asdict(cfg, recurse=False)
+
+
+class _Payload:
+    """Stands for anything a pickle could construct (and run) on load."""
+
+
+def test_a_checkpoint_with_objects_is_refused(maps, tmp_path):
+    from cryoinverse.errors import DataError
+
+    out = tmp_path / "evil"
+    out.mkdir()
+    torch.save({"step": 1, "payload": _Payload()}, out / "checkpoint.pt")
+    with pytest.raises(DataError, match="could run code"):
+        _run(_cfg(maps, out, 2))
