@@ -119,6 +119,9 @@ def describe(name: str) -> None:
                 continue
             default = "required" if f.default is attrs.NOTHING else f"default {_show_default(f.default)}"
             click.echo(f"    {f.name} ({type_name(f.type)}, {default}): {help_of(f)}")
+        notes = getattr(e.cls, "describe_notes", None)
+        for line in notes() if notes is not None else []:
+            click.echo(f"  {line}")
 
 
 def _show_default(value) -> str:

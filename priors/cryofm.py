@@ -361,6 +361,21 @@ class CryoFMPrior:
     _model: HDiT | None = attrs.field(default=None, init=False, repr=False)
     _observed_scale: float | None = attrs.field(default=None, init=False, repr=False)
 
+    @classmethod
+    def describe_notes(cls) -> list[str]:
+        """Lines `cryoinverse describe cryofm` adds: the attention backend of each level of the default weights."""
+        try:
+            levels = read_meta(DEFAULT_WEIGHTS).architecture.levels
+        except DataError as exc:
+            return [f"default weights: {exc}"]
+        backends = ", ".join(f"level {i}: {lv.attention}" for i, lv in enumerate(levels))
+        natten = "installed" if natten_available() else "not installed (pip install -e \".[natten]\")"
+        return [
+            f"default weights {DEFAULT_WEIGHTS.name}: {backends}",
+            f"natten: {natten}; attention = \"natten\" runs the neighborhood levels with natten.functional.na3d "
+            "(on CPU through PyTorch flex attention, forward only: not with guidance = \"cryofm\", which needs a backward pass)",
+        ]
+
     @property
     def meta(self) -> PriorMeta:
         """The JSON config beside the weights (read once)."""

@@ -290,3 +290,10 @@ def test_bad_input_is_a_one_line_error_without_traceback(cli, maps):
     ]
     for args, phrase in cases:
         assert_user_error(invoke(cli, *args), phrase)
+
+
+def test_describe_cryofm_shows_attention_backends_and_natten(cli):
+    result = invoke(cli, "describe", "cryofm")
+    assert result.exit_code == 0, result.output
+    assert "level 0: neighborhood, level 1: dense" in result.output
+    assert "natten: " in result.output and "forward only" in result.output
