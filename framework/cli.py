@@ -314,8 +314,15 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         group = build_cli()
     except CryoinverseError as exc:

@@ -41,8 +41,14 @@ def open_mrc(path: Path, header_only: bool):
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not an MRC file")
     try:
-        return mrcfile.open(path, mode="r", header_only=header_only)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            handle = mrcfile.open(path, mode="r", header_only=header_only)
+        _warn_once(path, caught)
+        return handle
     except Exception as strict_error:  # mrcfile raises ValueError and others on bad headers
+        if not _has_map_id(path):
+            raise DataError(f"{path}: not an MRC file (no 'MAP ' identifier at byte 208)") from None
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -50,13 +56,31 @@ def open_mrc(path: Path, header_only: bool):
             if handle.header is None or (not header_only and handle.data is None):
                 handle.close()
                 raise DataError(f"{path}: not a readable MRC file ({strict_error})")
-            for w in caught:
-                warnings.warn(f"{path}: {w.message}", stacklevel=3)
+            _warn_once(path, caught)
             return handle
         except DataError:
             raise
         except Exception:
             raise DataError(f"{path}: not a readable MRC file ({strict_error})") from None
+
+
+def _has_map_id(path: Path) -> bool:
+    """Whether bytes 208-211 hold the MRC map identifier 'MAP '."""
+    with open(path, "rb") as f:
+        f.seek(208)
+        return f.read(4) == b"MAP "
+
+
+def _warn_once(path: Path, caught: list) -> None:
+    """mrcfile's warnings about a file it could read, as one line (none if there were none)."""
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    if messages:
+        more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
+        warnings.warn(f"{path}: read despite a non-standard header: {messages[0]}{more}", MRCHeaderWarning, stacklevel=4)
+
+
+class MRCHeaderWarning(UserWarning):
+    """A map was read although its header breaks the MRC2014 standard."""
 
 
 def _voxel_size(path: Path, mrc) -> float:

@@ -181,6 +181,13 @@ def _random_bytes(tmp_path):
     return path
 
 
+def _random_bytes_of_map_size(tmp_path):
+    """Random bytes as long as a 64^3 float32 map with its header: lenient reading must not accept them."""
+    path = tmp_path / "noise64.mrc"
+    path.write_bytes(np.random.default_rng(3).bytes(1024 + 64**3 * 4))
+    return path
+
+
 def _truncated(tmp_path):
     good = write_volume(tmp_path / "good.mrc", random_volume(shape=(8, 8, 8)))
     path = tmp_path / "truncated.mrc"
@@ -217,7 +224,8 @@ def _image_stack(tmp_path):
 BAD_FILES = [
     (_missing, "file not found"),
     (_folder, "is a folder"),
-    (_random_bytes, "not a readable MRC file"),
+    (_random_bytes, "not an MRC file"),
+    (_random_bytes_of_map_size, "not an MRC file"),
     (_truncated, "not a readable MRC file"),
     (_non_finite, "2 NaN or infinite values"),
     (_two_d, "2D data"),
@@ -320,3 +328,10 @@ def test_real_maps_written_with_space_group_0_read_as_volumes(name, shape):
     if not path.exists():
         pytest.skip("../shared/data is not present")
     assert read_volume(path).shape == shape
+
+
+def test_random_bytes_give_one_error_and_no_library_warnings(tmp_path, recwarn):
+    path = _random_bytes_of_map_size(tmp_path)
+    with pytest.raises(DataError, match="not an MRC file"):
+        read_volume(path)
+    assert len(recwarn) == 0
