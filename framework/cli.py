@@ -155,8 +155,9 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     """FSC between two maps: AUC-FSC, resolution at 0.5 and 0.143 (Angstrom), fail flag."""
     from .metrics import compare
     from .mrc import read_volume
-    from .runner import write_fsc_csv, write_fsc_plot
+    from .runner import check_outputs, write_fsc_csv, write_fsc_plot
 
+    check_outputs([p for p in (csv_path, plot_path) if p], overwrite=True)
     a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
     m = read_volume(mask, voxel_size) if mask else None
     for other, path in ((b, map_b), *(((m, mask),) if m else ())):

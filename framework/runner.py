@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -51,8 +52,26 @@ class RunResult:
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse, before any work, to replace existing outputs unless `overwrite`."""
-    existing = [str(p) for p in paths if p.exists()]
+    """Refuse, before any work, outputs that exist (unless `overwrite`) or cannot be written.
+
+    An output can be written when it is not a folder and its nearest existing ancestor folder is a
+    writable folder (missing folders below it are created when writing).
+    """
+    problems = []
+    for p in (Path(p) for p in paths):
+        if p.is_dir():
+            problems.append(f"{p}: is a folder; an output file is needed")
+            continue
+        ancestor = p.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            problems.append(f"{p}: cannot be created: {ancestor} is a file, not a folder")
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            problems.append(f"{p}: cannot be created: {ancestor} is not writable")
+    if problems:
+        raise DataError(problems[0] if len(problems) == 1 else "outputs cannot be written:\n  " + "\n  ".join(problems))
+    existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise DataError(f"output exists: {', '.join(existing)}; use --overwrite to replace")
 

@@ -297,3 +297,43 @@ def test_describe_cryofm_shows_attention_backends_and_natten(cli):
     assert result.exit_code == 0, result.output
     assert "level 0: neighborhood, level 1: dense" in result.output
     assert "natten: " in result.output and "forward only" in result.output
+
+
+def test_unwritable_outputs_are_refused_before_any_work(cli, maps, tmp_path, monkeypatch):
+    """An output under a file, or in a read-only folder, is an error before sampling starts."""
+    from cryoinverse import runner
+
+    task = tmp_path / "task.toml"
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    task.write_text(TASK.replace('[inputs]', '[outputs]\nmap = "blocker/restored.mrc"\n\n[inputs]'))
+    called = []
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: called.append(1))
+    result = invoke(cli, "run", task, "--quiet")
+    assert result.exit_code == 1 and "is a file, not a folder" in result.output and not called
+
+
+def test_outputs_in_a_read_only_folder_are_refused_before_any_work(cli, maps, tmp_path, monkeypatch):
+    from cryoinverse import runner
+
+    task = tmp_path / "task.toml"
+    called = []
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: called.append(1))
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        task.write_text(TASK.replace('[inputs]', '[outputs]\nmap = "readonly/restored.mrc"\n\n[inputs]'))
+        result = invoke(cli, "run", task, "--quiet")
+        assert result.exit_code == 1 and "is not writable" in result.output and not called
+    finally:
+        ro.chmod(0o700)
+
+
+def test_fsc_plot_under_a_file_is_refused_before_reading(cli, tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    result = invoke(cli, "fsc", tmp_path / "missing_a.mrc", tmp_path / "missing_b.mrc", "--plot", tmp_path / "blocker" / "fsc.png")
+    assert result.exit_code == 1 and "is a file, not a folder" in result.output
