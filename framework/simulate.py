@@ -280,6 +280,7 @@ def simulate_command(
     unless --bfactor is given (predicted models keep pLDDT in that column: pass --bfactor).
     """
     from .mrc import write_volume
+    from .resources import check_fits
     from .runner import check_outputs
 
     if resolution is not None and resolution < 2 * voxel_size:
@@ -289,6 +290,9 @@ def simulate_command(
     if clashes:
         raise DataError(f"several models would write {', '.join(clashes)}; give models with distinct names")
     check_outputs(outputs, overwrite)
+    # the density is built in float64 on the oversampled grid, with about three such arrays alive at once
+    fine = math.prod(_box_shape(box)) * oversample**3
+    check_fits(3 * 8 * fine, f"a {box}^3 map at {oversample}x oversampling", "Use a smaller --box or --oversample 1.")
     for model, output in zip(models, outputs):
         started = time.perf_counter()
         atoms = read_atoms(model, keep_hydrogens=keep_hydrogens, keep_waters=keep_waters)

@@ -381,6 +381,9 @@ def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
     return found
 
 
+MIN_EDGE = 8  # voxels: fewer leave too few Fourier shells to estimate a spectrum, a noise model or an FSC
+
+
 def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[str, str, "object"]]:
     """Every map exists, is readable, cubic, and all agree in box and voxel size; returns headers."""
     where = _where(spec.source)
@@ -394,6 +397,10 @@ def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[s
             header = read_header(path, spec.inputs.voxel_size)
         except DataError as exc:
             problems.append(f"{where}[{section}] {field}: {exc}")
+            continue
+        if min(header.shape) < MIN_EDGE:
+            shown = "x".join(str(n) for n in header.shape)
+            problems.append(f"{where}[{section}] {field}: {path.name} is {shown} voxels; at least {MIN_EDGE} per edge are needed")
             continue
         if len(set(header.shape)) != 1:
             z, y, x = header.shape

@@ -337,3 +337,24 @@ def test_fsc_plot_under_a_file_is_refused_before_reading(cli, tmp_path):
     (tmp_path / "blocker").write_text("x")
     result = invoke(cli, "fsc", tmp_path / "missing_a.mrc", tmp_path / "missing_b.mrc", "--plot", tmp_path / "blocker" / "fsc.png")
     assert result.exit_code == 1 and "is a file, not a folder" in result.output
+
+
+def test_simulate_refuses_a_box_larger_than_memory(cli, tmp_path, shared_data):
+    model = next((shared_data / "models").glob("*.pdb"))
+    result = invoke(cli, "simulate", model, "--out-dir", tmp_path / "out", "--box", "1200", "--voxel-size", "1.5")
+    assert result.exit_code == 1
+    assert "a 1200^3 map at 2x oversampling needs about" in result.output and "GiB" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_map_too_small_is_refused_at_validation(cli, tmp_path, write_map, density):
+    write_map("tiny.mrc", density.with_data(density.data[:1, :1, :1].contiguous()))
+    (tmp_path / "task.toml").write_text(TASK.replace('observation = "observation.mrc"\nreference = "reference.mrc"', 'observation = "tiny.mrc"'))
+    result = invoke(cli, "validate", tmp_path / "task.toml")
+    assert result.exit_code == 1 and "tiny.mrc is 1x1x1 voxels; at least 8 per edge are needed" in result.output
+
+
+def test_loglik_refuses_a_map_too_small(cli, tmp_path, write_map, density):
+    path = write_map("tiny.mrc", density.with_data(density.data[:1, :1, :1].contiguous()))
+    result = invoke(cli, "loglik", path, "--prior", "gaussian", "-p", f"power_from={path}")
+    assert result.exit_code == 1 and "at least 8 per edge" in result.output
