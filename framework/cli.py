@@ -18,7 +18,7 @@ from . import __version__
 from .errors import CryoinverseError, DataError
 from .levels import DEFAULT_WIDTH, NOISE_SHAPES
 from .params import help_of
-from .plugins import get_plugin_manager, plugin_infos
+from .plugins import failed_plugins, failure_message, get_plugin_manager, plugin_infos
 from .progress import bar, silent
 from .registry import KINDS, get_registry
 from .typecheck import type_name
@@ -136,11 +136,14 @@ def plugins(as_json: bool) -> None:
     """List loaded plugins, their distributions and the hooks they implement."""
     infos = plugin_infos(get_plugin_manager())
     if as_json:
-        click.echo(json.dumps(infos, indent=2))
+        failed = [dict(f, failed=True, builtin=False, hooks=[]) for f in failed_plugins()]
+        click.echo(json.dumps(infos + failed, indent=2))
         return
     for info in infos:
         origin = "built-in" if info["builtin"] else (info["distribution"] or "registered at run time")
         click.echo(f"{info['name']} ({origin}): {', '.join(info['hooks'])}")
+    for info in failed_plugins():
+        click.echo(f"{info['name']} ({info['distribution'] or 'unknown distribution'}): FAILED to load: {info['error']}")
 
 
 @cli.command()
@@ -329,4 +332,6 @@ def main() -> None:
     except CryoinverseError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    for info in failed_plugins():
+        click.echo(f"Warning: {failure_message(info)}", err=True)
     group()

@@ -64,30 +64,45 @@ def _invalid(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str
 
 
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:
-    wanted = os.environ.get("CRYOINVERSE_LOAD_PLUGINS")
-    try:
-        if wanted is None:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-            return
-        from importlib.metadata import entry_points
+    """Load the group's entry points one by one; one that fails to import is recorded, not fatal."""
+    from importlib.metadata import entry_points
 
-        installed = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-        for name in filter(None, (n.strip() for n in wanted.split(","))):
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    installed = sorted({ep.name for ep in found})
+    wanted = os.environ.get("CRYOINVERSE_LOAD_PLUGINS")
+    names = installed
+    if wanted is not None:
+        names = [n for n in (n.strip() for n in wanted.split(",")) if n]
+        for name in names:
             if name not in installed:
                 raise RegistryError(
                     f"CRYOINVERSE_LOAD_PLUGINS names {name!r}, but no such plugin is installed "
                     f"(installed: {', '.join(installed) or 'none'})"
                 )
+    failed = []
+    for name in names:
+        try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-    except RegistryError:
-        raise
-    except pluggy.PluginValidationError as exc:
-        raise RegistryError(_invalid(pm, exc)) from None
-    except Exception as exc:
-        raise RegistryError(
-            f"a plugin of entry-point group '{ENTRY_POINT_GROUP}' failed to load: {exc!r}; "
-            "set CRYOINVERSE_LOAD_PLUGINS to the names to load ('' for none) to start without it"
-        ) from exc
+        except pluggy.PluginValidationError as exc:
+            raise RegistryError(_invalid(pm, exc)) from None
+        except Exception as exc:  # an import error, or anything else the plugin's module raises
+            dists = sorted({f"{ep.dist.name} {ep.dist.version}" for ep in found if ep.name == name and ep.dist is not None})
+            failed.append({"name": name, "distribution": ", ".join(dists) or None, "error": repr(exc)})
+    pm.cryoinverse_failed = failed
+
+
+def failed_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
+    """Entry points that failed to load: name, distribution and error of each."""
+    return list(getattr(pm or get_plugin_manager(), "cryoinverse_failed", []))
+
+
+def failure_message(info: dict) -> str:
+    """One line saying which plugin failed, from which distribution, why, and the way out."""
+    origin = f" (distribution {info['distribution']})" if info["distribution"] else ""
+    return (
+        f"plugin {info['name']!r}{origin} failed to load and is skipped: {info['error']}; "
+        "fix or uninstall it, or set CRYOINVERSE_LOAD_PLUGINS to the plugins to load ('' for none)"
+    )
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

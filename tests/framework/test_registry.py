@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import sys
 from typing import ClassVar
@@ -276,15 +277,33 @@ def test_a_misspelt_entry_point_hook_fails_at_start_up(entry_points):
         new_plugin_manager()
 
 
-def test_a_broken_plugin_names_the_way_out(entry_points, monkeypatch):
+def test_a_broken_plugin_is_named_and_skipped(entry_points, monkeypatch):
+    """A plugin that fails to import is recorded with its entry point and distribution; the rest loads."""
+    from cryoinverse.plugins import failed_plugins, failure_message
+
     entry_points("broken", body="raise ImportError('no module named torch_special')\n")
-    with pytest.raises(RegistryError) as err:
-        new_plugin_manager()
-    message = str(err.value)
-    assert "a plugin of entry-point group 'cryoinverse' failed to load: ImportError('no module named torch_special')" in message
-    assert "set CRYOINVERSE_LOAD_PLUGINS to the names to load ('' for none)" in message
+    entry_points("alpha")
+    pm = new_plugin_manager()
+    assert "alpha" in _third_party(pm) and "broken" not in _third_party(pm)
+    (failure,) = failed_plugins(pm)
+    assert failure == {"name": "broken", "distribution": "ep-broken 1.0", "error": "ImportError('no module named torch_special')"}
+    message = failure_message(failure)
+    assert "plugin 'broken' (distribution ep-broken 1.0) failed to load and is skipped" in message
+    assert "set CRYOINVERSE_LOAD_PLUGINS to the plugins to load ('' for none)" in message
     monkeypatch.setenv("CRYOINVERSE_LOAD_PLUGINS", "")
-    assert _third_party(new_plugin_manager()) == []
+    assert _third_party(new_plugin_manager()) == [] and failed_plugins(new_plugin_manager()) == []
+
+
+def test_help_version_and_plugins_work_with_a_broken_plugin(entry_points, monkeypatch):
+    import subprocess
+
+    entry_points("broken", body="raise ImportError('no module named torch_special')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for args, expect in ((["--help"], "Usage"), (["--version"], "cryoinverse"), (["plugins"], "broken (ep-broken 1.0): FAILED to load")):
+        out = subprocess.run([sys.executable, "-m", "cryoinverse", *args], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert expect in out.stdout
+        assert "Warning: plugin 'broken' (distribution ep-broken 1.0) failed to load" in out.stderr
 
 
 # --- the live manager and the CLI ---------------------------------------------------------------------
