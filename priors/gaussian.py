@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import attrs
+import numpy as np
 import torch
 
 from cryoinverse.components import GaussianConditional, PrepareContext
@@ -26,6 +27,35 @@ from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
 from cryoinverse.spectra import radial_power
+
+
+PASSED = 0.01  # shells an operator passes at under this fraction of its best (mean a^2) borrow their spectrum
+
+
+def _extrapolate(spectrum: torch.Tensor, reliable: torch.Tensor, fit: int = 4) -> torch.Tensor:
+    """Fill the shells that are not `reliable` from those that are: beyond the last reliable shell,
+    log-linearly from the last `fit` of them with a slope of at most 0; below the first, its value."""
+    out = spectrum.clone()
+    good = torch.nonzero(reliable).reshape(-1)
+    first, last = int(good[0]), int(good[-1])
+    out[:first] = out[first]
+    floor = 1e-12 * float(spectrum[reliable].clamp(min=0).max())
+    tail = good[-fit:]
+    logs = torch.log(spectrum[tail].clamp(min=floor if floor > 0 else 1e-300))
+    slope = 0.0
+    if tail.numel() > 1:
+        r = tail.to(spectrum.dtype)
+        slope = float(((r - r.mean()) * (logs - logs.mean())).sum() / (r - r.mean()).square().sum())
+    slope = min(slope, 0.0)
+    beyond = torch.arange(last + 1, spectrum.numel(), dtype=spectrum.dtype)
+    out[last + 1 :] = out[last].clamp(min=floor) * torch.exp(slope * (beyond - last))
+    inner = ~reliable & (torch.arange(spectrum.numel()) > first) & (torch.arange(spectrum.numel()) < last)
+    if bool(inner.any()):  # gaps between reliable shells: linear in log between their neighbours
+        idx = torch.arange(spectrum.numel(), dtype=spectrum.dtype)
+        logs_all = torch.log(spectrum.clamp(min=floor if floor > 0 else 1e-300))
+        filled = torch.from_numpy(np.interp(idx[inner].numpy(), good.to(spectrum.dtype).numpy(), logs_all[good].numpy()))
+        out[inner] = torch.exp(filled).to(spectrum.dtype)
+    return out
 
 
 @attrs.define
@@ -95,7 +125,14 @@ class GaussianPrior:
             a, noise = diag(n)
             a2 = shell_average(a.square())
             measured_noise = shell_average(torch.where(a != 0, noise, torch.zeros_like(noise)))
-            return torch.where(a2 > 0, (observed - measured_noise) / a2.clamp(min=1e-12), observed)
+            # Shells the operator passes at under 1% of its best (a blur's tail) say almost nothing
+            # about the signal: dividing by their tiny a^2 would explode. Their spectrum is
+            # extrapolated from the well-passed shells instead, log-linearly and never rising.
+            reliable = a2 > PASSED * float(a2.max())
+            estimate = torch.where(reliable, (observed - measured_noise) / a2.clamp(min=1e-300), observed)
+            if not bool(reliable.all()) and bool(reliable.any()):
+                estimate = _extrapolate(estimate, reliable)
+            return estimate
         return observed
 
     def spectrum(self, n: int) -> torch.Tensor:
