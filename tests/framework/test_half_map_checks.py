@@ -106,3 +106,14 @@ def test_half_maps_of_different_boxes_are_named(write_map):
     for other, message in ((b, "box 20^3 does not match"), (c, "voxel size 2 A does not match")):
         with pytest.raises(SpecError, match=re.escape(message)):
             execute(_spec((a, other), FlowPosteriorEuler(steps=2, guidance="exact")))
+
+
+def test_a_result_far_off_the_input_scale_is_warned():
+    from cryoinverse.runner import _absurd
+    from cryoinverse.volume import Volume
+
+    y = Volume(torch.randn(8, 8, 8), 1.0)
+    assert _absurd(y.with_data(0.5 * y.data), y) == []
+    (warning,) = _absurd(y.with_data(540.0 * y.data), y)
+    assert "540 times the input's" in warning and "meaningless" in warning
+    assert _absurd(y.with_data(1e-4 * y.data), y)
