@@ -34,7 +34,7 @@ from .volume import Volume
 DEMO_MAP = "demo_3nbk.mrc"
 # prior, sampler table and default (steps, samples) of each demo method
 _METHODS = {
-    "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "wiener", "prior_error": 8.0}, (10, 4)),
+    "learned": ({"kind": "cryofm"}, {"kind": "flow-posterior-euler", "guidance": "wiener"}, (10, 4)),
     "gaussian": ({"kind": "gaussian"}, {"kind": "flow-posterior-euler", "guidance": "exact"}, (100, 4)),
 }
 DEMO_PRIORS = tuple(_METHODS)
