@@ -61,3 +61,25 @@ def test_restores_a_held_out_map_better_than_the_gaussian_prior():
     assert after.auc > before.auc + 0.1 and after.auc > wiener.auc + 0.1
     assert after.resolution_05 < before.resolution_05 - 1.0  # Angstrom
     assert after.correlation > before.correlation + 0.15
+
+
+def test_restores_a_held_out_map_under_noise_like_real_data():
+    """FSC-shaped noise (variance rising with frequency) estimated from two half maps, as users face it.
+
+    The same map and noise as the demo. Measured: AUC-FSC 0.481 -> 0.57 with one sample (0.597 with
+    the demo's 4), FSC-0.5 6.01 -> 5.0 A; the gaussian prior's sample stays at or below the input.
+    """
+    from cryoinverse.levels import noise_power_for_resolution
+
+    clean = demo_map()
+    half = SpectralNoise(noise_power=(2 * noise_power_for_resolution(clean, 6.0)).tolist())
+    g = torch.Generator().manual_seed(0)
+    h1, h2 = half.simulate(clean.data, g), half.simulate(clean.data, g)
+    operator = SpectralNoise.estimate(h1, h2)
+    degraded = clean.with_data(0.5 * (h1 + h2))
+    learned = _restore(CryoFMPrior(), FlowPosteriorEuler(steps=10), degraded, operator)
+    gaussian = _restore(GaussianPrior(), FlowPosteriorEuler(steps=20, guidance="exact"), degraded, operator)
+    before, wiener, after = compare(degraded, clean), compare(gaussian, clean), compare(learned, clean)
+    assert after.auc > before.auc + 0.06 and after.auc > wiener.auc + 0.06
+    assert after.resolution_05 < before.resolution_05 - 0.7  # Angstrom
+    assert not after.failed
