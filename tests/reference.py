@@ -25,3 +25,15 @@ def fourier_covariance(spectrum: np.ndarray, n: int) -> np.ndarray:
         f = np.fft.fftn(e.reshape(n, n, n), norm="ortho")
         cov[:, j] = np.fft.ifftn(p * f, norm="ortho").real.reshape(-1)
     return cov
+
+
+def fsc_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """FSC of shells 0..Nyquist between two cubic maps, in float64 numpy (unnormalised FFT)."""
+    n = a.shape[0]
+    shells = shells_np(n)
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    out = []
+    for r in range(n // 2 + 1):
+        m = shells == r
+        out.append(np.real(np.sum(fa[m] * np.conj(fb[m]))) / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2)))
+    return np.array(out)

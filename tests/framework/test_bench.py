@@ -18,6 +18,7 @@ from cryoinverse.levels import noise_power_for_resolution, noise_variance_for_re
 from cryoinverse.metrics import compare
 from cryoinverse.operators.spectral_noise import SpectralNoise
 from tests.conftest import blob_density
+from tests.reference import fsc_np
 
 SPEC = """
 maps = ["clean/*.mrc"]
@@ -51,19 +52,6 @@ def bench_dir(tmp_path, write_map):
     return tmp_path
 
 
-def _fsc_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    n = a.shape[0]
-    k = np.fft.fftfreq(n)
-    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
-    shells = np.round(np.sqrt(kz**2 + ky**2 + kx**2) * n).astype(int)
-    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
-    out = []
-    for r in range(n // 2 + 1):
-        m = shells == r
-        out.append(np.real(np.sum(fa[m] * np.conj(fb[m]))) / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2)))
-    return np.array(out)
-
-
 def test_bench_cli_table_csv_and_plot(bench_dir):
     result = CliRunner().invoke(build_cli(), ["bench", str(bench_dir / "bench.toml"), "-q"])
     assert result.exit_code == 0, result.output
@@ -79,7 +67,7 @@ def test_bench_cli_table_csv_and_plot(bench_dir):
         clean = read_volume(bench_dir / "clean" / name)
         op = SpectralNoise(noise_power=noise_power_for_resolution(clean, 6.0).tolist())  # the default: logistic FSC
         degraded = op.simulate(clean.data, torch.Generator().manual_seed(i))
-        curve = _fsc_numpy(degraded.double().numpy(), clean.data.double().numpy())
+        curve = fsc_np(degraded.double().numpy(), clean.data.double().numpy())
         row = next(r for r in rows if r["map"] == name and r["degradation"] == "spectral-6A" and r["method"] == "degraded")
         assert float(row["auc"]) == pytest.approx(curve[1:].mean(), abs=1e-6)
 

@@ -16,6 +16,7 @@ from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
 from cryoinverse.samplers.prior import PriorSampler
 from cryoinverse.specs import Inputs, Outputs, TaskSpec
 from tests.conftest import blob_density
+from tests.reference import fsc_np
 
 
 @pytest.fixture
@@ -36,24 +37,11 @@ def _spec(paths, sampler, tmp_path=None, check=True):
     )
 
 
-def _fsc_numpy(a, b):
-    n = a.shape[0]
-    k = np.fft.fftfreq(n)
-    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
-    shells = np.round(np.sqrt(kz**2 + ky**2 + kx**2) * n).astype(int)
-    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
-    out = []
-    for r in range(1, n // 2 + 1):
-        m = shells == r
-        out.append(np.real((fa[m] * fb[m].conj()).sum()) / np.sqrt((np.abs(fa[m]) ** 2).sum() * (np.abs(fb[m]) ** 2).sum()))
-    return np.array(out)
-
-
 def test_report_gives_the_half_map_fsc_and_each_half_restored(halves):
     p1, p2, h1, h2 = halves
     report = execute(_spec((p1, p2), FlowPosteriorEuler(steps=10, guidance="exact"))).report
     checks = report["half_maps"]
-    want = _fsc_numpy(h1.data.double().numpy(), h2.data.double().numpy())
+    want = fsc_np(h1.data.double().numpy(), h2.data.double().numpy())[1:]
     assert checks["input"]["auc"] == pytest.approx(want.mean(), abs=1e-9)
     np.testing.assert_allclose([c["fsc_input_halves"] for c in checks["curve"]], want, atol=1e-9)
     # the FSC the input has with the truth, from the half-map FSC (Rosenthal & Henderson)
