@@ -424,6 +424,9 @@ def flow_log_density(
     )
 
 
+MIN_LOGLIK_EDGE = 4  # voxels: a spectrum and a flow need a few shells (a 1^3 map has one coefficient)
+
+
 def _log_det_normalize(prior, x: torch.Tensor) -> torch.Tensor:
     fn = getattr(prior, "log_det_normalize", None)
     value = 0.0 if fn is None else fn(x)
@@ -523,15 +526,15 @@ def loglik_command(
     from .components import PrepareContext
     from .mrc import read_volume
     from .runner import resolve_device
-    from .specs import MIN_EDGE, component_from_params
+    from .specs import component_from_params
 
     if rtol == 0 and atol == 0:
         raise click.BadParameter("rtol and atol cannot both be 0", param_hint="--rtol/--atol")
     prior = component_from_params("prior", kind, params)
     dev = resolve_device(device)
     volume = read_volume(map_path, voxel_size)
-    if min(volume.shape) < MIN_EDGE:
-        raise DataError(f"{map_path}: {'x'.join(map(str, volume.shape))} voxels; at least {MIN_EDGE} per edge are needed")
+    if min(volume.shape) < MIN_LOGLIK_EDGE:
+        raise DataError(f"{map_path}: {'x'.join(map(str, volume.shape))} voxels; at least {MIN_LOGLIK_EDGE} per edge are needed")
     prepare = getattr(prior, "prepare", None)
     if prepare is not None:
         prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=dev, observation=None, operators=[]))

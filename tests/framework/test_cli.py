@@ -357,4 +357,4 @@ def test_a_map_too_small_is_refused_at_validation(cli, tmp_path, write_map, dens
 def test_loglik_refuses_a_map_too_small(cli, tmp_path, write_map, density):
     path = write_map("tiny.mrc", density.with_data(density.data[:1, :1, :1].contiguous()))
     result = invoke(cli, "loglik", path, "--prior", "gaussian", "-p", f"power_from={path}")
-    assert result.exit_code == 1 and "at least 8 per edge" in result.output
+    assert result.exit_code == 1 and "1x1x1 voxels; at least 4 per edge" in result.output
