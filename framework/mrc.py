@@ -8,6 +8,7 @@ so a final name never holds a half-written map.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -47,8 +48,8 @@ def open_mrc(path: Path, header_only: bool):
         _warn_once(path, caught)
         return handle
     except Exception as strict_error:  # mrcfile raises ValueError and others on bad headers
-        if not _has_map_id(path):
-            raise DataError(f"{path}: not an MRC file (no 'MAP ' identifier at byte 208)") from None
+        if not _has_map_id(path) and not _header_describes_file(path):
+            raise DataError(f"{path}: not an MRC file (no 'MAP ' identifier, and the header does not describe the file's size)") from None
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -69,6 +70,28 @@ def _has_map_id(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(208)
         return f.read(4) == b"MAP "
+
+
+MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
+
+
+def _header_describes_file(path: Path) -> bool:
+    """Whether the first 1024 bytes read as an MRC header whose dimensions, mode and extended header
+    add up to the file's size exactly (older files lack the 'MAP ' identifier; random bytes never add up)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if len(head) < 1024:
+        return False
+    for endian in "<>":
+        nx, ny, nz, mode = struct.unpack(endian + "4i", head[:16])
+        (nsymbt,) = struct.unpack(endian + "i", head[92:96])
+        if mode in MODE_BYTES and 0 < nx <= 100_000 and 0 < ny <= 100_000 and 0 < nz <= 1_000_000 and 0 <= nsymbt < size:
+            if 1024 + nsymbt + math.ceil(nx * ny * nz * MODE_BYTES[mode]) == size:
+                return True
+    return False
 
 
 def _warn_once(path: Path, caught: list) -> None:

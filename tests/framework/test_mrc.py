@@ -335,3 +335,16 @@ def test_random_bytes_give_one_error_and_no_library_warnings(tmp_path, recwarn):
     with pytest.raises(DataError, match="not an MRC file"):
         read_volume(path)
     assert len(recwarn) == 0
+
+
+def test_an_old_file_without_the_map_identifier_reads_with_one_warning(tmp_path):
+    """Older programs wrote no 'MAP ' identifier; a header that describes the file still reads."""
+    good = write_volume(tmp_path / "good.mrc", random_volume(shape=(8, 8, 8)))
+    raw = bytearray(good.read_bytes())
+    raw[208:212] = b"\x00\x00\x00\x00"
+    old = tmp_path / "old.mrc"
+    old.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning) as caught:
+        volume = read_volume(old)
+    assert len(caught) == 1 and "non-standard header" in str(caught[0].message)
+    torch.testing.assert_close(volume.data, read_volume(good).data)
