@@ -96,6 +96,9 @@ class Poser(Protocol):
 
     name: ClassVar[str]
 
+    def estimate(self, images: torch.Tensor, volume: torch.Tensor, pixel_size: float, ctf: torch.Tensor | None = None, init=None):
+        """Poses (`cryoinverse.poses.Poses`) of images (N, n, n) against a volume (n, n, n) at `pixel_size` Å."""
+
 
 @attrs.frozen
 class GaussianConditional:

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "cryoinverse.samplers.flow_posterior_euler",
     "cryoinverse.samplers.flow_posterior_pseudoinverse",
     "cryoinverse.operators.projection",
+    "cryoinverse.posers.search",
     "cryoinverse.simulate",
     "cryoinverse.bench",
     "cryoinverse.loglik",

@@ -27,13 +27,13 @@ import torch
 from .components import GaussianConditional, Likelihood, Observation, PrepareContext
 from .fourier import fftn, shell_average
 
-__all__ = ["check_prior", "check_operator", "check_sampler", "check_poser", "prior_checks", "operator_checks", "sampler_checks", "test_map"]
+__all__ = ["check_prior", "check_operator", "check_sampler", "check_poser", "prior_checks", "operator_checks", "sampler_checks", "sample_density"]
 
 Check = Callable[[Any], None]
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-def test_map(n: int = 16, batch: int = 1, seed: int = 0, voxel_size: float = 1.5) -> torch.Tensor:
+def sample_density(n: int = 16, batch: int = 1, seed: int = 0, voxel_size: float = 1.5) -> torch.Tensor:
     """A protein-like test density (B, n, n, n): smooth positive blobs near the centre, float32."""
     g = torch.Generator().manual_seed(seed)
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64)] * 3, indexing="ij"))
@@ -93,7 +93,7 @@ def _comparable(value: Any) -> bool:
 
 def _op_setup(op: Any, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     _prepare(op, _context(op, n, operators=[op]))
-    x = test_map(n, batch=2, seed=1)
+    x = sample_density(n, batch=2, seed=1)
     return x, op.forward(x)
 
 
@@ -208,7 +208,7 @@ def _prior_box(prior: Any) -> int:
 
 def _prior_setup(prior: Any) -> torch.Tensor:
     n = _prior_box(prior)
-    clean = test_map(n, batch=1, seed=5)
+    clean = sample_density(n, batch=1, seed=5)
     _prepare(prior, _context(prior, n, observation=clean[0]))
     return clean
 
@@ -301,7 +301,7 @@ def _sampler_problem(n: int = 12):
 
     from .spectra import radial_power
 
-    clean = test_map(n, batch=1, seed=12)[0]
+    clean = sample_density(n, batch=1, seed=12)[0]
     prior = GaussianPrior(power=radial_power(clean).clamp(min=1e-8).tolist())
     op = MissingWedge(tilt_min=-60.0, tilt_max=60.0, noise_variance=1e-3)
     y = op.simulate(clean[None], torch.Generator().manual_seed(13))[0]
@@ -332,6 +332,11 @@ def check_sampler(sampler: Any) -> None:
     _run(sampler_checks(sampler), sampler)
 
 
+def check_estimate_exists(poser: Any) -> None:
+    """A pose model has estimate(images, volume, pixel_size, ctf=None, init=None)."""
+    assert callable(getattr(poser, "estimate", None)), "posers need estimate(images, volume, pixel_size, ctf=None, init=None) -> Poses"
+
+
 def check_poser(poser: Any) -> None:
-    """A pose model: a kebab-case name and documented fields (the runner looks up nothing else yet)."""
-    _run([("check_name_and_fields", check_name_and_fields)], poser)
+    """A pose model: a kebab-case name, documented fields, and `estimate`."""
+    _run([("check_name_and_fields", check_name_and_fields), ("check_estimate_exists", check_estimate_exists)], poser)
