@@ -25,10 +25,10 @@ def one(n: int, steps: int, samples: int, tile_batch: int, device: str) -> dict:
     """Restore one n^3 map; returns seconds and this process's peak memory."""
     import torch
 
+    from cryoinverse.bench import Degradation
     from cryoinverse.demo import demo_map
-    from cryoinverse.levels import noise_power_for_resolution
-    from cryoinverse.operators.spectral_noise import SpectralNoise
     from cryoinverse.priors.cryofm import CryoFMPrior
+    from cryoinverse.registry import get_registry
     from cryoinverse.runner import execute
     from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
     from cryoinverse.specs import Inputs, TaskSpec
@@ -36,16 +36,14 @@ def one(n: int, steps: int, samples: int, tile_batch: int, device: str) -> dict:
     demo = demo_map()
     reps = -(-n // demo.shape[0])
     clean = demo.with_data(demo.data.repeat(reps, reps, reps)[:n, :n, :n].contiguous())
-    half = SpectralNoise(noise_power=(2 * noise_power_for_resolution(clean, 6.0)).tolist())
-    g = torch.Generator().manual_seed(0)
-    h1, h2 = (half.simulate(clean.data, g) for _ in range(2))
-    op = SpectralNoise.estimate(h1, h2)
+    level = Degradation("fsc-6A", {"kind": "spectral-noise"}, target_resolution=6.0, half_maps=True)
+    degraded, op, _ = level.degrade(clean, get_registry(), torch.Generator().manual_seed(0))
     spec = TaskSpec(
         prior=CryoFMPrior(tile_batch=tile_batch), operators=[op], sampler=FlowPosteriorEuler(steps=steps, guidance="wiener"),
         inputs=Inputs(box=n), samples=samples, seed=0, device=device, check_halves=False,
     )
     t0 = time.perf_counter()
-    execute(spec, observation=clean.with_data(0.5 * (h1 + h2)))
+    execute(spec, observation=degraded)
     seconds = time.perf_counter() - t0
     if torch.cuda.is_available() and device != "cpu":
         peak = torch.cuda.max_memory_allocated() / 2**20

@@ -161,15 +161,10 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     from .runner import check_outputs, write_fsc_csv, write_fsc_plot
 
     check_outputs([p for p in (csv_path, plot_path) if p], overwrite=True)
-    a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
+    a, b = _matching_maps(map_a, map_b, voxel_size, "FSC")
     m = read_volume(mask, voxel_size) if mask else None
-    for other, path in ((b, map_b), *(((m, mask),) if m else ())):
-        if other.shape != a.shape:
-            raise DataError(f"{path}: shape {other.shape} differs from {map_a} {a.shape}")
-    if not a.is_cubic:
-        raise DataError(f"{map_a}: shape {a.shape} is not cubic; FSC needs cubic boxes")
-    if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
-        raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({map_a}) vs {b.voxel_size:g} A ({map_b}); pass --voxel-size")
+    if m is not None and m.shape != a.shape:
+        raise DataError(f"{mask}: shape {m.shape} differs from {map_a} {a.shape}")
     result = compare(a, b, m).as_dict()
     if csv_path:
         write_fsc_csv(csv_path, {"ab": result})
@@ -181,6 +176,20 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
         click.echo(json.dumps(_finite(result)))
         return
     _echo_metrics({f"{map_a.name} vs {map_b.name}": result})
+
+
+def _matching_maps(map_a: Path, map_b: Path, voxel_size: float | None, what: str):
+    """Two maps read for `what` (a comparison): one cubic shape and one voxel size, else a DataError."""
+    from .mrc import read_volume
+
+    a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
+    if b.shape != a.shape:
+        raise DataError(f"{map_b}: shape {b.shape} differs from {map_a} {a.shape}")
+    if not a.is_cubic:
+        raise DataError(f"{map_a}: shape {a.shape} is not cubic; {what} needs cubic boxes")
+    if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
+        raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({map_a}) vs {b.voxel_size:g} A ({map_b}); pass --voxel-size")
+    return a, b
 
 
 def _echo_metrics(metrics: dict) -> None:
@@ -220,30 +229,30 @@ def degrade(
     from .runner import check_outputs
     from .specs import component_from_params
 
+    if target_resolution is None and (half_maps or fsc_curve is not None):
+        hint, why = ("--half-maps", " (the noise of each half map is twice the full map's)") if half_maps else ("--fsc-curve", "")
+        raise click.BadParameter(f"needs --target-resolution{why}", param_hint=hint)
     halves = [output.with_name(f"{output.stem}_half{i}{output.suffix}") for i in (1, 2)] if half_maps else []
     check_outputs([output, *halves], overwrite)
     volume = read_volume(clean, voxel_size)
+    power = None
     if target_resolution is not None:
         curve = read_fsc_curve(fsc_curve) if fsc_curve is not None else None
         try:
             power = noise_power_for_resolution(volume, target_resolution, noise_shape, fsc_width, curve)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--target-resolution") from None
-        params = (*params, f"noise_power={power.tolist()}")
-    elif fsc_curve is not None:
-        raise click.BadParameter("needs --target-resolution", param_hint="--fsc-curve")
 
     def build(factor: float):
-        scaled = params if factor == 1.0 or target_resolution is None else (*params[:-1], f"noise_power={(factor * power).tolist()}")
-        op = component_from_params("operator", kind, scaled)
+        """The operator, its noise set from the target (times `factor`) when one is given."""
+        extra = () if power is None else (f"noise_power={(factor * power).tolist()}",)
+        op = component_from_params("operator", kind, (*params, *extra))
         if hasattr(op, "prepare"):
             op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
         return op
 
     generator = torch.Generator().manual_seed(seed)
     if half_maps:
-        if target_resolution is None:
-            raise click.BadParameter("needs --target-resolution (the noise of each half map is twice the full map's)", param_hint="--half-maps")
         op = build(2.0)
         maps = [op.simulate(volume.data, generator) for _ in range(2)]
         for path, data in zip(halves, maps):
@@ -303,16 +312,12 @@ def align(reference: Path, moving: Path, out: Path, allow_mirror: bool, voxel_si
     """Rigidly align MOVING onto REFERENCE (rotation, shift, optional mirror); print them and the FSC after."""
     from .align import align_maps, rotation_angle
     from .metrics import compare
-    from .mrc import read_volume, write_volume
+    from .mrc import write_volume
     from .rotations import matrix_to_euler_zyz
     from .runner import check_outputs
 
     check_outputs([out], overwrite)
-    a, b = read_volume(reference, voxel_size), read_volume(moving, voxel_size)
-    if a.shape != b.shape or not a.is_cubic:
-        raise DataError(f"alignment needs two cubic maps of one shape; got {a.shape} ({reference}) and {b.shape} ({moving})")
-    if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
-        raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({reference}) vs {b.voxel_size:g} A ({moving}); pass --voxel-size")
+    a, b = _matching_maps(reference, moving, voxel_size, "alignment")
     alignment, moved = align_maps(a.data, b.data, a.voxel_size, allow_mirror=allow_mirror)
     result = a.with_data(moved)
     write_volume(out, result, overwrite=overwrite)

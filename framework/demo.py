@@ -28,7 +28,8 @@ from .progress import ProgressFactory, silent
 from .registry import get_registry
 from .runner import check_outputs, run_task
 from .specs import Inputs, Outputs, TaskSpec, component_from_table
-from .levels import NOISE_SHAPES, noise_power_for_resolution
+from .bench import Degradation
+from .levels import NOISE_SHAPES
 from .volume import Volume
 
 DEMO_MAP = "demo_3nbk.mrc"
@@ -78,15 +79,12 @@ def run_demo(
     check_outputs([*paths.values(), report_path, slices_path], overwrite)
     registry = get_registry()
     reference = demo_map()
-    power = noise_power_for_resolution(reference, resolution, noise)
     # Two half maps with twice the noise power; their average is the degraded (full) map.
-    half_operator = registry.get("operator", "spectral-noise")(noise_power=(2 * power).tolist())
-    generator = torch.Generator().manual_seed(seed)
-    halves = [half_operator.simulate(reference.data, generator) for _ in range(2)]
-    degraded = reference.with_data(0.5 * (halves[0] + halves[1]))
+    level = Degradation("demo", {"kind": "spectral-noise"}, target_resolution=resolution, noise_shape=noise, half_maps=True)
+    degraded, _, halves = level.degrade(reference, registry, torch.Generator().manual_seed(seed))
     write_volume(paths["reference"], reference, overwrite=True)
-    write_volume(paths["half1"], reference.with_data(halves[0]), overwrite=True)
-    write_volume(paths["half2"], reference.with_data(halves[1]), overwrite=True)
+    write_volume(paths["half1"], halves[0], overwrite=True)
+    write_volume(paths["half2"], halves[1], overwrite=True)
     write_volume(paths["degraded"], degraded, overwrite=True)
     operator = registry.get("operator", "spectral-noise")(half_maps=[paths["half1"], paths["half2"]])
     spec = TaskSpec(

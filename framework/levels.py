@@ -21,7 +21,6 @@ expected curve on the map's own shells, solved by bisection.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np

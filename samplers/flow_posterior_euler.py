@@ -82,14 +82,14 @@ class FlowPosteriorEuler:
         if likelihood is None:
             raise SpecError("[sampler] flow-posterior-euler needs an observation and an operator")
         guidance = self.guidance
+        information = likelihood.fourier_information() if guidance != "cryofm" else None
         if guidance == "auto":
-            information = likelihood.fourier_information()
             finite = information is not None and all(bool(torch.isfinite(a).all()) for a in information)
             guidance = "wiener" if finite else "cryofm"
         if guidance == "exact":
-            step = self._exact_step(prior, likelihood)
+            step = self._exact_step(prior, information)
         elif guidance == "wiener":
-            step = self._wiener_step(prior, likelihood)
+            step = self._wiener_step(prior, information)
         else:
             step = self._cryofm_step
         h = 1.0 / self.steps
@@ -110,9 +110,8 @@ class FlowPosteriorEuler:
             g = g / per_sample_rms(g).clamp(min=1e-30)
         return v.detach() - self.weight(t) * g
 
-    def _exact_step(self, prior: Prior, likelihood: Likelihood):
+    def _exact_step(self, prior: Prior, information: tuple[torch.Tensor, torch.Tensor] | None):
         conditional = getattr(prior, "conditional", None)
-        information = likelihood.fourier_information()
         if conditional is None or information is None:
             raise SpecError(
                 "[sampler] guidance = 'exact' needs a prior with a closed-form conditional (gaussian) "
@@ -131,8 +130,7 @@ class FlowPosteriorEuler:
 
         return step
 
-    def _wiener_step(self, prior: Prior, likelihood: Likelihood):
-        information = likelihood.fourier_information()
+    def _wiener_step(self, prior: Prior, information: tuple[torch.Tensor, torch.Tensor] | None):
         if information is None:
             raise SpecError("[sampler] guidance = 'wiener' needs Fourier-diagonal Gaussian operators; use guidance = 'cryofm'")
         info, stat = information

@@ -14,7 +14,7 @@ from cryoinverse.priors.gaussian import GaussianPrior
 from cryoinverse.runner import execute, run_task
 from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
 from cryoinverse.samplers.prior import PriorSampler
-from cryoinverse.specs import Inputs, Outputs, TaskSpec
+from cryoinverse.specs import Outputs, TaskSpec
 from tests.conftest import blob_density
 from tests.reference import fsc_np
 
