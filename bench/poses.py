@@ -8,7 +8,7 @@ median rotation error (degrees), fraction within 5 degrees, mean shift error (Å
 over the maps.
 
   python bench/poses.py                          # 3 held-out models, 200 images of 64 px, SNR inf, 1, 0.1
-  python bench/poses.py --images 1000 --maps 1 --batch 8
+  python bench/poses.py --images 1000 --maps 1
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=64, help="image and map edge (pixels)")
     parser.add_argument("--pixel", type=float, default=2.0, help="pixel size (Å)")
     parser.add_argument("--snr", type=float, nargs="+", default=[0.0, 1.0, 0.1], help="signal-to-noise ratios (0: no noise)")
-    parser.add_argument("--batch", type=int, default=16, help="Search.batch (projections per batch)")
     args = parser.parse_args()
     ids = [ln.strip() for ln in (HERE / "default_prior_heldout.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     models = HERE.parent.parent / "shared" / "data" / "models"
@@ -64,7 +63,7 @@ def main() -> None:
             volume = simulate_density(read_atoms(models / f"{ident}.pdb"), args.box, args.pixel, bfactor=60.0).data.double()
             images, ctf, truth = stack(volume, args.images, args.pixel, snr, seed=i)
             t0 = time.perf_counter()
-            est = Search(batch=args.batch, shift_range=4 * args.pixel, start_resolution=4 * args.pixel * 2).estimate(images, volume, args.pixel, ctf=ctf)
+            est = Search(shift_range=4 * args.pixel).estimate(images, volume, args.pixel, ctf=ctf)
             wall = time.perf_counter() - t0
             m = pose_metrics(est, truth, align=False)
             rows.append((m["rotation_error_median_deg"], m["within_5_deg"], m["shift_error_mean_A"], wall))
