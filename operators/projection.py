@@ -16,7 +16,13 @@ from `particles` (one per STAR row, in order) or from the STAR's rlnImageName (I
 relative to the STAR's folder). In Python, `Projection.from_poses` takes poses directly.
 
 Without poses (`poses_known = false`, no STAR, or a STAR without angles) the task needs a pose
-model (a poser); posers are a later issue, so `prepare` stops with a SpecError saying so.
+model: a `[poser]` section. The runner then estimates the poses against `inputs.initial_map`, or
+a sampler that searches poses itself (`flow-posterior-posesearch`) does, through `set_poses`.
+Until then `rotations` raises; the STAR's CTF and images are read all the same.
+
+Many images: `batch_images` makes `log_likelihood` use a random subset of that many images per
+call, scaled by N / batch (an unbiased estimate of the full sum), so a step costs the projection
+of `batch_images` images, not N.
 """
 
 from __future__ import annotations
@@ -147,7 +153,9 @@ class Projection:
     method: str = param("fourier", help="projection: fourier (Fourier-slice) or real (line integrals)", validator=one_of("fourier", "real"))
     ctf: bool = param(True, help="apply each image's CTF from the STAR file")
     noise_variance: float = param(1.0, help="per-pixel white noise variance of the images (density units squared)", validator=positive)
-    poses_known: bool = param(True, help="false: the poses are to be estimated by a poser (not available yet)")
+    poses_known: bool = param(True, help="false: ignore any angles in the STAR file; the task's [poser] estimates the poses")
+    batch_images: int | None = param(None, help="images per log-likelihood evaluation (a random subset, scaled by N / batch); default all", validator=positive)
+    seed: int = param(0, help="seed of the random image subsets drawn when batch_images is set")
     pixel_size: float | None = param(None, help="image pixel size in Å, overriding the STAR file and the stack header", validator=positive)
 
     _rotations: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
@@ -158,6 +166,7 @@ class Projection:
     _box: int | None = attrs.field(default=None, init=False, repr=False)
     _pixel: float | None = attrs.field(default=None, init=False, repr=False)
     _cache: dict = attrs.field(factory=dict, init=False, repr=False)
+    _rng: torch.Generator | None = attrs.field(default=None, init=False, repr=False)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -179,6 +188,14 @@ class Projection:
         if images is not None:
             op._set_images(torch.as_tensor(images), "images")
         return op
+
+    def set_poses(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> None:
+        """Set the poses: rotations (N, 3, 3) volume -> image, shifts (N, 2) in Å (x, y); the CTF is kept."""
+        count = self._images.shape[0] if self._images is not None else None
+        rotations = torch.as_tensor(rotations)
+        if count is not None and rotations.shape[0] != count:
+            raise ValueError(f"{rotations.shape[0]} poses for {count} images")
+        self._set_poses(rotations, None if shifts is None else torch.as_tensor(shifts), self._ctf_params)
 
     def _set_poses(self, rotations: torch.Tensor, shifts: torch.Tensor | None, ctf_params: CTFParams | None) -> None:
         rotations = rotations.to(torch.float64)
@@ -231,16 +248,33 @@ class Projection:
 
     @property
     def n_images(self) -> int:
-        return self.rotations.shape[0]
+        """Number of images (known from the poses, the CTFs or the stack)."""
+        if self._rotations is not None:
+            return self._rotations.shape[0]
+        if self._images is not None:
+            return self._images.shape[0]
+        if self._ctf_params is not None:
+            return len(self._ctf_params)
+        raise RuntimeError("projection knows no images yet: call prepare(ctx)")
+
+    @property
+    def has_poses(self) -> bool:
+        """True once poses are known (from the STAR file, `from_poses` or `set_poses`)."""
+        return self._rotations is not None
+
+    @property
+    def image_pixel_size(self) -> float:
+        """The pixel size in use, Å: `pixel_size`, else the STAR file's or the stack's (1 when nothing gives it)."""
+        return float(self._pixel or 1.0)
 
     # -- spec hooks ----------------------------------------------------------------------------
 
     def needs_poser(self) -> bool:
         """True when the poses are unknown and must come from a poser."""
-        if not self.poses_known:
-            return True
         if self._rotations is not None:
             return False
+        if not self.poses_known:
+            return True
         if self.star is None:
             return True
         try:
@@ -249,24 +283,13 @@ class Projection:
             return False  # prepare reports the unreadable file
         return any(c not in table for c in ANGLE_COLUMNS)
 
-    def _poser_needed(self, why: str) -> SpecError:
-        return SpecError(
-            f"[operator] projection: {why}, so the poses must be estimated by a poser; no poser is "
-            "available yet (pose estimation is a later issue). Give the poses in a RELION STAR file "
-            "(star = \"particles.star\" with rlnAngleRot, rlnAngleTilt, rlnAnglePsi)"
-        )
-
     def prepare(self, ctx: PrepareContext) -> None:
-        """Read poses, shifts and CTFs from the STAR file; check the image geometry against the maps."""
-        if not self.poses_known:
-            raise self._poser_needed("poses_known = false")
-        if self._rotations is None:
-            if self.star is None:
-                raise self._poser_needed("no star file gives the poses")
+        """Read poses (when known), shifts and CTFs from the STAR file; check the image geometry against the maps."""
+        if self._rotations is None and self._ctf_params is None and self.star is not None:
             self._load_star(Path(self.star))
         if self.particles is not None and self._images is None:
             count, n, vs = _stack_header(Path(self.particles))
-            if count != self.n_images:
+            if (self._rotations is not None or self._ctf_params is not None) and count != self.n_images:
                 raise SpecError(
                     f"[operator] particles: {Path(self.particles).name} holds {count} images but the STAR file "
                     f"has {self.n_images} rows; give one STAR row per image, in order"
@@ -284,17 +307,13 @@ class Projection:
             table = read_particles(path)
         except DataError as exc:
             raise SpecError(f"[operator] star: {exc}") from None
-        missing = [c for c in ANGLE_COLUMNS if c not in table]
-        if missing:
-            raise self._poser_needed(f"{path.name} has no angles ({', '.join(missing)} missing)")
+        has_angles = self.poses_known and all(c in table for c in ANGLE_COLUMNS)
         try:
             pixel = self.pixel_size or pixel_size_of(table, path)
         except DataError as exc:
             raise SpecError(f"[operator] star: {exc}") from None
-        if len(table[ANGLE_COLUMNS[0]]) == 0:
+        if len(next(iter(table.values()))) == 0:
             raise SpecError(f"{where}: has no particle rows")
-        rot, tilt, psi = (torch.from_numpy(np.asarray(table[c], dtype=np.float64)) for c in ANGLE_COLUMNS)
-        rotations = euler_zyz_to_matrix(rot, tilt, psi)
         origin = None
         if "rlnOriginXAngst" in table and "rlnOriginYAngst" in table:
             origin = np.stack([table["rlnOriginXAngst"], table["rlnOriginYAngst"]], axis=-1).astype(np.float64)
@@ -309,7 +328,11 @@ class Projection:
                 ctf_params = CTFParams.from_star(table)
             except (DataError, ValueError) as exc:
                 raise SpecError(f"[operator] ctf: {path.name}: {exc}; set ctf = false to project without a CTF") from None
-        self._set_poses(rotations, shifts, ctf_params)
+        if has_angles:
+            rot, tilt, psi = (torch.from_numpy(np.asarray(table[c], dtype=np.float64)) for c in ANGLE_COLUMNS)
+            self._set_poses(euler_zyz_to_matrix(rot, tilt, psi), shifts, ctf_params)
+        else:
+            self._ctf_params = ctf_params
         if "rlnImageName" in table and self.particles is None:
             self._sources = self._image_sources(path, table["rlnImageName"])
             headers = [_stack_header(f) for f, _ in self._sources]
@@ -389,7 +412,8 @@ class Projection:
 
     # -- the operator --------------------------------------------------------------------------
 
-    def _filters(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    def filters(self, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """Each image's CTF (N, n, n) in `torch.fft.fft2` order, or None without a CTF."""
         params = self.ctf_params
         if params is None:
             return None
@@ -401,23 +425,73 @@ class Projection:
             self._cache[key] = values.to(device=device, dtype=dtype).contiguous()
         return self._cache[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Noise-free images: (n, n, n) -> (N, n, n), batch (B, n, n, n) -> (B, N, n, n)."""
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise-free images: (n, n, n) -> (N, n, n), batch (B, n, n, n) -> (B, N, n, n); only `indices` when given."""
         pixel = float(self._pixel or 1.0)
         rotations = self.rotations.to(device=x.device, dtype=x.dtype)
         shifts = self.shifts.to(device=x.device, dtype=x.dtype)
-        has_shift = bool(self.shifts.abs().max() > 0) if self.shifts.numel() else False
-        filters = self._filters(x.shape[-1], x.device, x.dtype)
+        filters = self.filters(x.shape[-1], x.device, x.dtype)
+        if indices is not None:
+            rotations, shifts = rotations[indices], shifts[indices]
+            filters = None if filters is None else filters[indices]
+        has_shift = bool(shifts.abs().max() > 0) if shifts.numel() else False
         if self.method == "real":
             images = project_real(x, rotations, shifts if has_shift else None, pixel)
             return shift_and_filter(images, None, filters)
         images = project_fourier(x, rotations, None, pixel)
         return shift_and_filter(images, shifts / pixel if has_shift else None, filters)
 
+    def subset(self) -> torch.Tensor | None:
+        """A random subset of `batch_images` image indices (sorted), or None for all images."""
+        total = self.n_images
+        if self.batch_images is None or self.batch_images >= total:
+            return None
+        if self._rng is None:
+            self._rng = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(total, generator=self._rng)[: self.batch_images].sort().values
+
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """-1/2 sum over images and pixels of (A x - y)^2 / noise_variance: (B,) for a batch, () for one map."""
-        residual = self.forward(x) - y.to(device=x.device, dtype=x.dtype)
-        return -0.5 * residual.square().sum(dim=(-3, -2, -1)) / self.noise_variance
+        """-1/2 sum over images and pixels of (A x - y)^2 / noise_variance: (B,) for a batch, () for one map.
+
+        With `batch_images`, the sum over a random subset times N / batch (a new subset each call).
+        """
+        indices = self.subset()
+        if indices is not None:
+            y = y[indices.to(y.device)]
+        residual = self.forward(x, None if indices is None else indices.to(x.device)) - y.to(device=x.device, dtype=x.dtype)
+        scale = 1.0 if indices is None else self.n_images / indices.numel()
+        return -0.5 * scale * residual.square().sum(dim=(-3, -2, -1)) / self.noise_variance
+
+    def signal_power(self, n: int, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-shell power of the clean map (orthonormal 3D FFT, shells of an n^3 box) estimated from the images.
+
+        By the Fourier-slice theorem a projection's orthonormal 2D coefficient at frequency k is
+        sqrt(n) times the map's orthonormal 3D coefficient there, so E|Y_k|^2 = c_k^2 n S(|k|) +
+        noise_variance: S = (shell mean |Y|^2 - noise_variance) / (n shell mean c^2). Shells beyond
+        the images' reach (the 3D corners) take the last one's value.
+        """
+        from cryoinverse.fourier import n_shells
+
+        y = self._images if images is None else images
+        if y is None:
+            raise RuntimeError("projection has no images to estimate a spectrum from")
+        y = y.to(torch.float64)
+        m = y.shape[-1]
+        k = torch.fft.fftfreq(m, dtype=torch.float64) * m
+        shell = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2).round().long()  # (m, m)
+        power = (torch.fft.fft2(y, norm="ortho").abs().square()).mean(0)
+        filters = self.filters(m, "cpu", torch.float64)
+        c2 = torch.ones_like(power) if filters is None else filters.square().mean(0)
+        count = n_shells(n)
+        top = min(int(shell.max()) + 1, count)
+        flat, idx = shell.reshape(-1), shell.reshape(-1).clamp(max=count - 1)
+        sums = torch.zeros(count, dtype=torch.float64).index_add_(0, idx, power.reshape(-1))
+        weights = torch.zeros(count, dtype=torch.float64).index_add_(0, idx, c2.reshape(-1))
+        counts = torch.zeros(count, dtype=torch.float64).index_add_(0, idx, torch.ones_like(flat, dtype=torch.float64))
+        noise = 0.0 if self.noise_variance is None else float(self.noise_variance)
+        s = (sums / counts.clamp(min=1) - noise).clamp(min=0) / (m * (weights / counts.clamp(min=1)).clamp(min=1e-12))
+        s[top:] = s[top - 1]
+        return s
 
     def simulate(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noisy images A x + n with white noise of `noise_variance` per pixel."""
