@@ -9,7 +9,7 @@ units; samplers convert with `prior.denormalize` at the boundary.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -39,6 +39,8 @@ class PrepareContext:
     noise model, `cryoinverse.spectra.wiener_estimate`), where the operators are Fourier-diagonal
     and Gaussian; None otherwise. Statistics of the clean map (a density scale) are taken from it
     rather than from a noisy observation."""
+    poser: Any = None
+    """The task's pose model (its `[poser]`), for samplers that search poses while they sample; None when the task has none."""
 
 
 @runtime_checkable

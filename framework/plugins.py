@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "cryoinverse.samplers.prior",
     "cryoinverse.samplers.flow_posterior_euler",
     "cryoinverse.samplers.flow_posterior_pseudoinverse",
+    "cryoinverse.samplers.flow_posterior_posesearch",
     "cryoinverse.operators.projection",
     "cryoinverse.posers.search",
     "cryoinverse.simulate",

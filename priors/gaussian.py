@@ -93,7 +93,8 @@ class GaussianPrior:
         return spectrum.clamp(min=self.power_floor * float(spectrum.max()))
 
     def prepare(self, ctx: PrepareContext) -> None:
-        """Load mean and spectrum; without `power`/`power_from`, estimate signal power from the observation."""
+        """Load mean and spectrum; without `power`/`power_from`, estimate signal power from the observed map,
+        or else from the first operator with a `signal_power(n)` (e.g. projection, from its images)."""
         n = ctx.shape[-1]
         if self.mean_from is not None and self._mean is None:
             self._mean = read_volume(self.mean_from).data
@@ -112,7 +113,11 @@ class GaussianPrior:
             centred = ctx.observation.data if self._mean is None else ctx.observation.data - self._mean
             self._spectrum = self._floored(self._signal_power(radial_power(centred), ctx, n))
         else:
-            raise SpecError("[prior] gaussian: give power or power_from (there is no observation to estimate it from)")
+            # an operator whose observation is not a map (particle images) may estimate the spectrum itself
+            estimators = [op.signal_power for op in ctx.operators if callable(getattr(op, "signal_power", None))]
+            if not estimators:
+                raise SpecError("[prior] gaussian: give power or power_from (there is no observation to estimate it from)")
+            self._spectrum = self._floored(estimators[0](n).to(torch.float64))
 
     @staticmethod
     def _signal_power(observed: torch.Tensor, ctx: PrepareContext, n: int) -> torch.Tensor:

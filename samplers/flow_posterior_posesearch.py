@@ -1,0 +1,269 @@
+"""`flow-posterior-posesearch`: a map from particle images with unknown poses (CryoFM appendix E.2, Alg. 3).
+
+Flow posterior sampling in which the poses are re-estimated as the map forms. Each Euler step:
+
+    v      = v(x_t, t);  x1_hat = x_t + (1 - t) v                (the prior's data estimate)
+    every `search_every` steps: poses <- poser.estimate(images, x1_hat)   (coarse early, finer late)
+    L      = sum over a subset S of images of  -corr(CTF P_i x1_hat, y_i) + w_bg bg_i,  times N / |S|
+    v_post = v - lam(t) grad_{x_t} L / rms(grad),  lam(t) = lam_base min((1 - t) / t, lam_max)
+    x_{t+h} = x_t + h v_post
+
+corr is the normalised cross-correlation of projection and image (with `loss =
+"correlation-sg"` the projection's norm is held constant in the gradient: a stop-gradient, so
+the step pushes the projection towards the image rather than only rotating it); bg_i is the
+fraction of the projection's energy on the image's background, the pixels whose |y| is below the
+`background_percentile`-th percentile of that image, weighted by `background_weight`.
+
+The pose search of step j uses the frequency limit `start_resolution` (first search) rising
+geometrically to `final_resolution` (last): early estimates are blurred and only their low
+frequencies say anything about the poses. Before the first search (at step `search_every`) the
+poses are uniform random rotations drawn from the sampler's generator: the map grows from their
+average, as stochastic ab initio methods start.
+
+The operator must be `projection`-like: `images` of the observation, `filters(n, device, dtype)`
+(the CTFs or None), `image_pixel_size`, `set_poses(rotations, shifts)` and `forward(x, indices)`.
+The poser is the task's `[poser]` (default `search`). After sampling the operator holds the
+final poses of the first sample (the runner writes them as a STAR file); `poses` has every
+sample's. The map comes out in an arbitrary frame (and hand): compare it with anything after
+`cryoinverse align`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from cryoinverse.components import Likelihood, PrepareContext, Prior, Progress, no_progress
+from cryoinverse.errors import SpecError
+from cryoinverse.flow import data_estimate, euler_times, per_sample_rms
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.params import non_negative, one_of, param, positive
+from cryoinverse.poses import Poses
+from cryoinverse.rotations import random_rotations
+
+NEEDED = ("filters", "set_poses", "forward", "image_pixel_size")
+
+
+@attrs.define
+class FlowPosteriorPosesearch:
+    """Euler flow posterior sampling from particle images with unknown poses, re-searched as the map forms."""
+
+    name: ClassVar[str] = "flow-posterior-posesearch"
+
+    steps: int = param(100, help="number of Euler steps from t = 0 to t = 1", validator=positive)
+    search_every: int = param(10, help="steps between pose searches against the current estimate", validator=positive)
+    start_resolution: float | None = param(None, help="frequency limit of the first pose search, Å (default: 5 x Nyquist)", validator=positive)
+    final_resolution: float | None = param(None, help="frequency limit of the last pose search, Å (default: 1.25 x Nyquist)", validator=positive)
+    lam_base: float = param(2.0, help="guidance weight, per-voxel units of the prior (the gradient is normalised)", validator=non_negative)
+    lam_max: float = param(5.0, help="cap on (1 - t) / t in the weight lam_base min((1 - t) / t, lam_max)", validator=positive)
+    guidance: str = param(
+        "wiener",
+        help="wiener: Gaussian likelihood combined with the prior per Fourier coefficient (A^T A taken as diagonal); "
+        "correlation / correlation-sg: normalised gradient of the correlation loss (Alg. 3; -sg holds the projection's norm constant)",
+        validator=one_of("wiener", "correlation", "correlation-sg"),
+    )
+    regularization: float = param(
+        0.01, help="wiener: floor on the noise variance as a fraction of the largest A^T A x prior variance (the diagonal approximation of A^T A is crude where slices are sparse)", validator=non_negative
+    )
+    prior_error: float = param(4.0, help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's", validator=positive)
+    background_weight: float = param(0.5, help="weight of the background penalty (projection energy where the image is background)", validator=non_negative)
+    background_percentile: float = param(30.0, help="pixels below this percentile of an image's |y| are its background", validator=non_negative)
+    batch_images: int | None = param(None, help="images per gradient step (a random subset, scaled by N / batch); default all", validator=positive)
+
+    _poser: Any = attrs.field(default=None, init=False, repr=False)
+    _poses: list = attrs.field(factory=list, init=False, repr=False)
+
+    @property
+    def poses(self) -> list[Poses]:
+        """The final poses of each sample of the last `run`."""
+        return list(self._poses)
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Take the task's poser (default: `search`)."""
+        self._poser = ctx.poser
+
+    def weight(self, t: float) -> float:
+        """lam(t) = lam_base min((1 - t) / t, lam_max)."""
+        return self.lam_base * (self.lam_max if t <= 0 else min((1.0 - t) / t, self.lam_max))
+
+    def resolutions(self, count: int, pixel_size: float) -> list[float]:
+        """Frequency limits (Å) of the `count` pose searches."""
+        nyquist = 2.0 * pixel_size
+        final = max(self.final_resolution or 1.25 * nyquist, nyquist)
+        start = max(self.start_resolution or 5.0 * nyquist, final)
+        if count == 1:
+            return [final]
+        return torch.logspace(math.log10(start), math.log10(final), count, dtype=torch.float64).tolist()
+
+    def _operator(self, likelihood: Likelihood | None):
+        if likelihood is None or len(likelihood.observations) != 1:
+            raise SpecError("[sampler] flow-posterior-posesearch needs exactly one observation: a stack of particle images")
+        obs = likelihood.observations[0]
+        missing = [a for a in NEEDED if not hasattr(obs.operator, a)]
+        if missing:
+            raise SpecError(f"[sampler] flow-posterior-posesearch needs a projection operator (with {', '.join(NEEDED)}); {obs.operator.name} lacks {', '.join(missing)}")
+        return obs.operator, obs.data
+
+    def _search(self, poser, images, volume, pixel, ctf, resolution):
+        if poser is None:
+            from cryoinverse.posers.search import Search
+
+            poser = Search()
+        fields = {f.name for f in attrs.fields(type(poser))} if attrs.has(type(poser)) else set()
+        if "final_resolution" in fields:
+            changes = {"final_resolution": resolution}
+            if "start_resolution" in fields:
+                own = poser.start_resolution
+                changes["start_resolution"] = max(resolution, own) if own is not None else None
+                if own is None and hasattr(poser, "resolutions"):
+                    auto = attrs.evolve(poser, final_resolution=resolution).resolutions(volume.shape[-1], pixel)[0]
+                    changes["start_resolution"] = max(auto, resolution)
+            poser = attrs.evolve(poser, **changes)
+        return poser.estimate(images, volume, pixel, ctf=ctf)
+
+    def _loss(self, op, x1: torch.Tensor, images: torch.Tensor, indices: torch.Tensor | None, total: int) -> torch.Tensor:
+        """The correlation loss with background penalty over `indices` (all images for None), scaled to N images."""
+        p = op.forward(x1, indices)
+        y = images if indices is None else images[indices]
+        y = y.to(p.dtype)
+        p_norm = p.square().sum(dim=(-2, -1)).sqrt()
+        if self.guidance == "correlation-sg":
+            p_norm = p_norm.detach()
+        y_norm = y.square().sum(dim=(-2, -1)).sqrt()
+        corr = (p * y).sum(dim=(-2, -1)) / (p_norm * y_norm).clamp(min=1e-30)
+        loss = -corr
+        if self.background_weight > 0:
+            a = y.abs().reshape(y.shape[0], -1)
+            level = torch.quantile(a, self.background_percentile / 100.0, dim=1)
+            background = (y.abs() <= level[:, None, None]).to(p.dtype)
+            energy = p.square()
+            loss = loss + self.background_weight * (energy * background).sum(dim=(-2, -1)) / energy.sum(dim=(-2, -1)).clamp(min=1e-30)
+        return loss.sum() * (total / y.shape[0])
+
+    def run(
+        self,
+        prior: Prior,
+        likelihood: Likelihood | None,
+        init: torch.Tensor,
+        generator: torch.Generator | None = None,
+        progress: Progress = no_progress,
+    ) -> torch.Tensor:
+        """Integrate the posterior flow from the noise `init`, searching poses on the way; returns density units."""
+        op, images = self._operator(likelihood)
+        total, n = images.shape[0], images.shape[-1]
+        if tuple(init.shape[-3:]) != (n, n, n):
+            raise SpecError(f"[sampler] flow-posterior-posesearch: maps are {tuple(init.shape[-3:])} but the images are {n}x{n}")
+        pixel = float(op.image_pixel_size)
+        ctf = op.filters(n, "cpu", torch.float64)
+        images_cpu = images.detach().to("cpu", torch.float64)
+        times = euler_times(self.steps)
+        searches = [i for i in range(self.search_every, self.steps, self.search_every)]
+        limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))
+        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item()) if generator is not None else 0)
+        h = 1.0 / self.steps
+        poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
+        x = init
+        if self.guidance == "wiener":
+            return self._run_wiener(prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress)
+        for i, t in enumerate(times):
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                v = prior.velocity(x, t)
+                x1 = prior.denormalize(data_estimate(x, v, t))
+                loss = x1.new_zeros(())
+                for b in range(x.shape[0]):  # each sample has its own poses
+                    if i in limits:
+                        poses[b] = self._search(self._poser, images_cpu, x1.detach()[b].to("cpu", torch.float64), pixel, ctf, limits[i])
+                    op.set_poses(poses[b].rotations, poses[b].shifts)
+                    indices = self._subset(total, cpu_gen)
+                    loss = loss + self._loss(op, x1[b], images.to(x1.device), None if indices is None else indices.to(x1.device), total)
+                (g,) = torch.autograd.grad(loss, x)
+            g = g / per_sample_rms(g).clamp(min=1e-30)
+            x = (x + h * (v.detach() - self.weight(t) * g)).detach()
+            progress(1)
+        self._poses = poses
+        op.set_poses(poses[0].rotations, poses[0].shifts)
+        return prior.denormalize(x)
+
+    def _run_wiener(self, prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress):
+        """Steps along (E[x1 | x_t, y] - x_t) / (1 - t) with A^T A approximated by its Fourier diagonal."""
+        from cryoinverse.fourier import expand_shells, fftn, ifftn
+
+        total, n = images.shape[0], images.shape[-1]
+        h = 1.0 / self.steps
+        noise = float(getattr(op, "noise_variance", 1.0))
+        probe = torch.tensor([0.0, 1.0], dtype=torch.float64, device=init.device).reshape(2, 1, 1, 1)
+        b0, b1 = (float(v) for v in prior.denormalize(probe).reshape(-1))
+        k = b1 - b0
+        conditional = getattr(prior, "conditional", None)
+        signal = None
+        if conditional is None:
+            signal = expand_shells(op.signal_power(n).to(init.device), n) / k**2
+        centre = torch.zeros(n, n, n, dtype=torch.float64, device=init.device)
+        centre[n // 2, n // 2, n // 2] = 1.0
+        f_centre = fftn(centre)
+        diagonal: list = [None] * init.shape[0]
+        floors: list = [None] * init.shape[0]
+        with torch.no_grad():
+            var0 = (conditional(init, 0.0).var if conditional is not None else self.prior_error * signal) * k**2
+        x = init
+        for i, t in enumerate(times):
+            with torch.no_grad():
+                v = prior.velocity(x, t)
+                x1_hat = data_estimate(x, v, t)
+                if conditional is not None:
+                    var = conditional(x, t).var
+                else:
+                    var = self.prior_error * signal * (1 - t) ** 2 / (t * t * signal + (1 - t) ** 2)
+                var = (var * k**2).to(torch.float64)
+                x1 = prior.denormalize(x1_hat).to(torch.float64)
+            steps = []
+            for b in range(x.shape[0]):
+                if i in limits:
+                    poses[b] = self._search(self._poser, images_cpu, x1[b].to("cpu"), pixel, ctf, limits[i])
+                    diagonal[b] = None
+                op.set_poses(poses[b].rotations, poses[b].shifts)
+                if diagonal[b] is None:  # Fourier diagonal of A^T A: A^T A applied to a centred delta
+                    diagonal[b] = (fftn(self._adjoint(op, centre, None, None)) / f_centre).real.clamp(min=0)
+                    v0 = var0[b] if var0.ndim == 4 else var0
+                    floors[b] = noise + self.regularization * float((diagonal[b] * v0).max())
+                indices = self._subset(total, cpu_gen)
+                scale = 1.0 if indices is None else total / indices.numel()
+                back = self._adjoint(op, x1[b], images, indices) * scale  # A^T (y - A x1)
+                vb = var[b] if var.ndim == 4 else var
+                floor = noise + self.regularization * float((diagonal[b] * vb).max())
+                delta = ifftn(vb * fftn(back) / (floor + diagonal[b] * vb))
+                steps.append(delta)
+            delta = torch.stack(steps) / k
+            x = (x + h * (v + (delta / (1.0 - t)).to(x.dtype))).detach()
+            progress(1)
+        self._poses = poses
+        op.set_poses(poses[0].rotations, poses[0].shifts)
+        return prior.denormalize(x)
+
+    @staticmethod
+    def _adjoint(op, volume: torch.Tensor, images: torch.Tensor | None, indices: torch.Tensor | None) -> torch.Tensor:
+        """A^T (y - A v) for images `images` (A^T A v when None), over `indices` (all for None)."""
+        with torch.enable_grad():
+            v = volume.detach().requires_grad_(True)
+            p = op.forward(v, indices)
+            if images is None:
+                target = p.detach()
+            else:
+                y = images if indices is None else images[indices.to(images.device)]
+                target = y.to(p.dtype) - p.detach()
+            (g,) = torch.autograd.grad((p * target).sum(), v)
+        return g
+
+    def _subset(self, total: int, generator: torch.Generator) -> torch.Tensor | None:
+        if self.batch_images is None or self.batch_images >= total:
+            return None
+        return torch.randperm(total, generator=generator)[: self.batch_images].sort().values
+
+
+@hookimpl
+def register_samplers(register):
+    register(FlowPosteriorPosesearch)
