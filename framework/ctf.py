@@ -21,11 +21,21 @@ wavelength, lambda = h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2))) for V in volts, f
 
 Images are (y, x) = (H, W); `ctf_grid` evaluates on the frequency layout of `torch.fft.fft2`
 (uncentred, `fftfreq` order) or, with `centred=True`, of its `fftshift` (frequency 0 at n // 2).
+
+B-factors never amplify. The envelope is RELION's exp(-B s^2 / 4) (ctf.h: E = exp(K4 u2),
+K4 = -Bfac / 4) with B >= 0, so |CTF| <= scale; `CTFParams` refuses a negative B. Tilt-series
+STAR files carry a per-tilt dose B-factor in rlnCtfBfactor (B = 4 Å^2 per e/Å^2 of accumulated
+dose in the RELION subtomogram scripts of Bharat et al. 2016), and some write it negative:
+sta_testing_bin8.star has -13 to -507, -13 more per tilt in dose order. Those values grow with
+the dose, so they mean damage, i.e. attenuation; RELION's formula would instead turn them into
+gains of up to 1.5e7 (at the corner frequency of that file's 1.96 Å pixels). `CTFParams.from_star` therefore reads a negative
+rlnCtfBfactor as B = |rlnCtfBfactor| and says so in one warning (`CTFWarning`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import attrs
 import numpy as np
@@ -33,7 +43,11 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["CTFParams", "electron_wavelength", "ctf_values", "ctf_grid", "frequency_grid"]
+__all__ = ["CTFParams", "CTFWarning", "electron_wavelength", "ctf_values", "ctf_grid", "frequency_grid"]
+
+
+class CTFWarning(UserWarning):
+    """A CTF parameter was read other than as the file wrote it (see the module's B-factor rule)."""
 
 
 # CODATA 2018 (exact SI values for h and e)
@@ -57,7 +71,8 @@ class CTFParams:
     """CTF parameters of N images, each a float64 tensor (N,) (scalars broadcast to N).
 
     Fields: defocus_u, defocus_v (Å), defocus_angle (deg), voltage (kV), cs (mm),
-    amplitude_contrast (fraction), phase_shift (deg), bfactor (Å^2), scale.
+    amplitude_contrast (fraction), phase_shift (deg), bfactor (Å^2, >= 0: the envelope
+    exp(-B s^2 / 4) attenuates), scale.
     """
 
     defocus_u: torch.Tensor = attrs.field(converter=_vector)
@@ -84,6 +99,12 @@ class CTFParams:
             raise ValueError(f"amplitude contrast must be in [0, 1); got {self.amplitude_contrast[bad][0].item()}")
         if (self.voltage <= 0).any():
             raise ValueError("voltage must be > 0 kV")
+        if (self.bfactor < 0).any():
+            raise ValueError(
+                f"bfactor must be >= 0 Å^2 (the envelope exp(-B s^2 / 4) attenuates; a negative B would amplify "
+                f"high frequencies); got {self.bfactor.min().item():g}. CTFParams.from_star reads the negative "
+                "per-tilt dose B-factors of tilt-series STAR files as |B|"
+            )
 
     def __len__(self) -> int:
         return self.defocus_u.numel()
@@ -100,8 +121,12 @@ class CTFParams:
         return electron_wavelength(self.voltage)
 
     @classmethod
-    def from_star(cls, table: dict) -> "CTFParams":
-        """From RELION STAR columns (optics groups already merged, see `cryoinverse.star`)."""
+    def from_star(cls, table: dict, where: str = "STAR file") -> "CTFParams":
+        """From RELION STAR columns (optics groups already merged, see `cryoinverse.star`).
+
+        A negative rlnCtfBfactor is read as its magnitude, with one `CTFWarning` naming `where`
+        (the module docstring gives the reason).
+        """
         required = {
             "defocus_u": "rlnDefocusU",
             "defocus_v": "rlnDefocusV",
@@ -113,12 +138,24 @@ class CTFParams:
         optional = {"phase_shift": ("rlnPhaseShift", 0.0), "bfactor": ("rlnCtfBfactor", 0.0), "scale": ("rlnCtfScalefactor", 1.0)}
         missing = [c for c in required.values() if c not in table]
         if missing:
-            raise DataError(f"the STAR file has no CTF column(s) {', '.join(missing)}")
+            raise DataError(f"{where} has no CTF column(s) {', '.join(missing)}")
         kwargs = {}
         for name, column in required.items():
             kwargs[name] = _numeric(table, column)
         for name, (column, default) in optional.items():
             kwargs[name] = _numeric(table, column) if column in table else default
+        bfactor = kwargs["bfactor"]
+        negative = np.asarray(bfactor) < 0
+        if negative.any():
+            b = np.asarray(bfactor)[negative]
+            warnings.warn(
+                f"{where}: {int(negative.sum())} of {negative.size} rlnCtfBfactor values are negative ({b.min():g} to "
+                f"{b.max():g} Å^2), which RELION's envelope exp(-B s^2/4) would turn into gains; read as the "
+                "attenuation exp(-|B| s^2/4) of per-tilt dose B-factors",
+                CTFWarning,
+                stacklevel=2,
+            )
+            kwargs["bfactor"] = np.abs(bfactor)
         return cls(**kwargs)
 
 
