@@ -43,7 +43,7 @@ def test_trilinear_reading_reproduces_real_space_projections_of_the_toy_map(shar
     errors = relative_errors(project_fourier(volume, rotations, **TRILINEAR), real)
     assert float(errors.mean()) < 0.01
     assert float(errors.max()) < 0.02
-    assert float(relative_errors(project_fourier(volume, rotations), real).min()) > 0.05
+    assert float(relative_errors(project_fourier(volume, rotations, interpolation="sinc"), real).min()) > 0.05
     # On the grid the aliases left out add up coherently: measured 3.6-4.4%, as documented.
     grid = torch.stack([torch.eye(3, dtype=F64), axis_rotation("x", 90.0), axis_rotation("z", 90.0), axis_rotation("y", -90.0)])
     assert float(relative_errors(project_fourier(volume, grid, **TRILINEAR), project_real(volume, grid)).max()) < 0.05
