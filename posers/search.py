@@ -54,6 +54,36 @@ def _offsets(count: int, step: float, device) -> torch.Tensor:
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1)
 
 
+def matched_spectrum(volume: torch.Tensor, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
+    """`volume` with each Fourier shell rescaled so its projections' power matches the images' signal power.
+
+    By the Fourier-slice theorem an image's orthonormal 2D coefficient at |k| = r has power
+    c^2 n S(r) + noise for a map of shell power S; the noise is taken as the images' lowest
+    shell power over the outer half of the shells (zero for clean images).
+    """
+    from cryoinverse.fourier import expand_shells, fftn, ifftn
+    from cryoinverse.spectra import radial_power
+
+    n = volume.shape[-1]
+    y = images.to(torch.float64)
+    k = torch.fft.fftfreq(n, dtype=torch.float64) * n
+    shell = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2).round().long().reshape(-1)
+    power = torch.fft.fft2(y, norm="ortho").abs().square().mean(0).reshape(-1)
+    c2 = torch.ones_like(power) if ctf is None else ctf.to(torch.float64).square().mean(0).reshape(-1)
+    reach = n // 2 + 1
+    inside = shell < reach
+    count = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], torch.ones_like(power[inside]))
+    p_img = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], power[inside]) / count.clamp(min=1)
+    c2_mean = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], c2[inside]) / count.clamp(min=1)
+    noise = float(p_img[reach // 2 :].min())
+    target = (p_img - noise).clamp(min=0) / (n * c2_mean.clamp(min=1e-6))
+    own = radial_power(volume.to(torch.float64))
+    gain = torch.zeros_like(own)
+    floor = 1e-12 * float(own.max())
+    gain[:reach] = (target / own[:reach].clamp(min=floor)).sqrt()
+    return ifftn(fftn(volume.to(torch.float64)) * expand_shells(gain, n))
+
+
 @attrs.define
 class Search:
     """Projection matching over an SO(3) grid and in-plane shifts, coarse to fine."""
@@ -70,6 +100,9 @@ class Search:
     )
     final_resolution: float | None = param(None, help="frequency limit of the last refinement round, Å (default: Nyquist)", validator=positive)
     score: str = param("correlation", help="correlation (free of the map's density scale) or likelihood (white-noise Gaussian, map in image units)", validator=one_of("correlation", "likelihood"))
+    match_spectrum: bool = param(
+        True, help="correlation score: rescale the map's shells so its projections have the images' signal spectrum (blurred, sharpened or regularised maps then score as well as the true one)"
+    )
     memory_gb: float = param(1.0, help="rough bound on the working memory of one batch of images, GB", validator=positive)
 
     def estimate(
@@ -94,6 +127,8 @@ class Search:
             raise ValueError(f"ctf must be ({n_img}, {n}, {n}) in torch.fft.fft2 order; got {tuple(ctf.shape)}")
         if init is not None and len(init) != n_img:
             raise ValueError(f"init holds {len(init)} poses for {n_img} images")
+        if self.match_spectrum and self.score == "correlation":
+            volume = matched_spectrum(volume, images, ctf)
         sampler = SliceSampler(volume)
         resolutions = self.resolutions(n, pixel_size)
         spacing = grid_spacing(self.level)
@@ -155,6 +190,9 @@ class Search:
         """Band frequencies, weights, image coefficients, CTF on the band (or None) and |Y|."""
         n = imgs.shape[-1]
         freqs, weights = half_plane(n, n * pixel_size / resolution, imgs.device)
+        # frequency 0 (the total mass) is the same for every pose: it would only dilute the scores
+        keep = (freqs != 0).any(dim=-1)
+        freqs, weights = freqs[keep], weights[keep]
         y = image_coefficients(imgs.to(torch.float64), freqs)
         c = None if ctf is None else grid_values(ctf.to(torch.float64), freqs)
         y_norm = (weights * y.abs().square()).sum(-1).sqrt()
