@@ -23,10 +23,12 @@ from .components import Likelihood, Observation, PrepareContext
 from .errors import DataError, SpecError
 from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
+from .poses import Poses
+from .poses_io import estimate_in_chunks, median_score
 from .progress import ProgressFactory, silent
 from .slices import write_slices_png
 from .spectra import wiener_estimate
-from .specs import TaskSpec, check_structure, spec_to_dict, validate_files
+from .specs import TaskSpec, check_structure, searches_poses, spec_to_dict, unknown_poses, validate_files
 from .tiling import adapt_prior
 from .volume import Volume
 
@@ -42,13 +44,15 @@ def resolve_device(name: str) -> torch.device:
 
 @attrs.define
 class RunResult:
-    """What a task produced: the map (mean over samples), its std map, the report, and written files."""
+    """What a task produced: the map (mean over samples), its std map, the report, written files, and
+    the poses estimated for operators whose poses were unknown (operator index -> `Poses`)."""
 
     volume: Volume
     std: Volume | None
     report: dict
     written: list[Path]
     observation: Volume | None = None
+    poses: dict[int, Poses] = attrs.Factory(dict)
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
@@ -136,14 +140,26 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
                     break
         if None in shape:
             raise SpecError("[inputs] box: no map gives the box size; set inputs.box")
+    timings["load_s"] = time.perf_counter() - t0
+    unknown = unknown_poses(spec)
+    by_sampler = bool(unknown) and searches_poses(spec.sampler)
+    found: dict[int, Poses] = {}
+    if unknown and not by_sampler:
+        t_poses = time.perf_counter()
+        found = _estimate_poses(spec, unknown, observed, voxel_size, device, progress)
+        timings["poses_s"] = time.perf_counter() - t_poses
     likelihood = None
     if spec.operators:
         likelihood = Likelihood([Observation(op, _to_device(y, device)) for op, y in zip(spec.operators, observed)])
-    timings["load_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name)
     timings["sample_s"] = time.perf_counter() - t1
+    warnings_: list[str] = []
+    if by_sampler:
+        found, warnings_ = _poses_from_sampler(spec, unknown)
+        if spec.inputs.initial_map is not None:
+            warnings_.append(f"[inputs] initial_map was not used: sampler {spec.sampler.name!r} searches the poses itself")
     like = geometry or observation
     origin = like.origin if like is not None else (0.0, 0.0, 0.0)
     voxel_size = voxel_size or 1.0
@@ -161,11 +177,17 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
     }
     if spec.samples > 1:
         report["samples"] = {"count": spec.samples, "mean_fsc_auc_between_samples": _mean_pairwise_auc(maps)}
-    warnings_: list[str] = []
+    if found:
+        by = spec.sampler.name if by_sampler else spec.poser.name
+        report["poses"] = [
+            {"section": _section(spec, i), "operator": spec.operators[i].name, "estimated_by": by, "images": len(p), "score_median": median_score(p)}
+            for i, p in found.items()
+        ]
     halves = _halves_of(spec) if spec.check_halves else None
     if halves is not None and observation is not None:
         t2 = time.perf_counter()
-        report["half_maps"], warnings_ = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
+        report["half_maps"], half_warnings = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
+        warnings_ += half_warnings
         timings["half_maps_s"] = time.perf_counter() - t2
     warnings_ += _absurd(mean, observation)
     report["warnings"] = warnings_
@@ -173,7 +195,57 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         report["metrics"] = {"restored": compare(mean, reference, mask).as_dict()}
         if observation is not None and observation.shape == reference.shape:
             report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
-    return RunResult(volume=mean, std=std, report=report, written=[], observation=observation)
+    return RunResult(volume=mean, std=std, report=report, written=[], observation=observation, poses=found)
+
+
+def _section(spec: TaskSpec, i: int) -> str:
+    return "operator" if len(spec.operators) == 1 else f"operators.{i}"
+
+
+def _estimate_poses(
+    spec: TaskSpec, unknown: list[int], observed: list, voxel_size: float | None, device: torch.device, progress: ProgressFactory,
+) -> dict[int, Poses]:
+    """Estimate the unknown poses of operators `unknown` with spec.poser against [inputs] initial_map, and set them."""
+    where = f"{spec.source}: " if spec.source else ""
+    if spec.inputs.initial_map is None:
+        raise SpecError(f"{where}[inputs] initial_map: missing; the [poser] needs a map to match the images with unknown poses against")
+    initial = read_volume(spec.inputs.initial_map, spec.inputs.voxel_size)
+    found = {}
+    for i in unknown:
+        op, images = spec.operators[i], observed[i]
+        if not hasattr(op, "set_poses") or not isinstance(images, torch.Tensor) or images.ndim != 3:
+            raise SpecError(
+                f"{where}[{_section(spec, i)}] {op.name}: its poses are unknown, but a poser needs an image stack (N, n, n) "
+                "as its observation and set_poses(rotations, shifts) to take the poses"
+            )
+        n, pixel = images.shape[-1], float(getattr(op, "image_pixel_size", None) or voxel_size or 1.0)
+        if initial.shape != (n, n, n) or abs(initial.voxel_size - pixel) > 1e-3 * pixel:
+            shown = "x".join(map(str, initial.shape))
+            raise SpecError(
+                f"{where}[inputs] initial_map: {spec.inputs.initial_map.name} is {shown} voxels of {initial.voxel_size:g} Å but the images of "
+                f"[{_section(spec, i)}] are {n}x{n} pixels of {pixel:g} Å; the poser needs a map on the images' grid ({n}^3 voxels of {pixel:g} Å)"
+            )
+        filters = getattr(op, "filters", None)
+        ctf = filters(n, "cpu", torch.float32) if filters is not None else None
+        poses, _ = estimate_in_chunks(spec.poser, images, initial.data, pixel, ctf, progress=progress, device=device)
+        op.set_poses(poses.rotations, poses.shifts)
+        found[i] = poses
+    return found
+
+
+def _poses_from_sampler(spec: TaskSpec, unknown: list[int]) -> tuple[dict[int, Poses], list[str]]:
+    """The poses a pose-searching sampler left: its `poses` (first sample, with scores), else the operator's."""
+    sampled = getattr(spec.sampler, "poses", None) or []
+    found, warnings_ = {}, []
+    for i in unknown:
+        op = spec.operators[i]
+        if op.needs_poser():
+            warnings_.append(f"[{_section(spec, i)}] {op.name}: sampler {spec.sampler.name!r} left no poses; none are written")
+        elif len(unknown) == 1 and sampled:
+            found[i] = sampled[0]
+        else:
+            found[i] = Poses(op.rotations, op.shifts)
+    return found, warnings_
 
 
 def _sample(
@@ -181,7 +253,7 @@ def _sample(
     voxel_size: float | None, device: torch.device, samples: int, seed: int, progress: ProgressFactory, label: str,
 ) -> torch.Tensor:
     """Prepare the prior and sampler for this observation and draw `samples` maps (samples, *shape), CPU float32."""
-    ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
+    ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators, poser=spec.poser)
     if likelihood is not None:
         ctx.operators = [obs.operator for obs in likelihood.observations]
         ctx.signal_estimate = _signal_estimate(likelihood, observation)
@@ -314,9 +386,12 @@ def _mean_pairwise_auc(maps: torch.Tensor) -> float:
 def run_task(spec: TaskSpec, overwrite: bool = False, progress: ProgressFactory = silent) -> RunResult:
     """Run `spec` and write what `[outputs]` names plus the JSON report."""
     outputs = spec.outputs
-    check_outputs(outputs.paths(), overwrite)
+    check_outputs(outputs.paths(poses=len(unknown_poses(spec))), overwrite)
     result = execute(spec, progress)
     written = [write_volume(outputs.map, result.volume)]
+    for k, ((i, poses), path) in enumerate(zip(result.poses.items(), outputs.poses_paths(len(result.poses)))):
+        written.append(write_estimated_poses(spec, i, poses, path))
+        result.report["poses"][k]["star"] = str(path)
     if outputs.std is not None and result.std is not None:
         written.append(write_volume(outputs.std, result.std))
     metrics = result.report.get("metrics", {}).get("restored")
@@ -331,6 +406,30 @@ def run_task(spec: TaskSpec, overwrite: bool = False, progress: ProgressFactory 
     written.append(write_json(outputs.report_path, result.report))
     result.written = written
     return result
+
+
+def write_estimated_poses(spec: TaskSpec, i: int, poses: Poses, path: Path) -> Path:
+    """Write the poses estimated for operator `i` as a RELION STAR file.
+
+    An operator read from a STAR file (its `star` field) gets that file back with the new angles,
+    origins and a score column (`cryoinverse.particles.write_poses_star`); one read from a stack
+    alone (`particles`, or the task's observation) gets a new RELION 3.1 file whose rlnImageName
+    points at that stack (`cryoinverse.poses_io.write_new_poses_star`).
+    """
+    from .particles import stack_header, write_poses_star
+    from .poses_io import rebase_image_names, write_new_poses_star
+    from .star import read_star
+
+    op = spec.operators[i]
+    pixel = float(getattr(op, "image_pixel_size", None) or 1.0)
+    star = getattr(op, "star", None)
+    if star is not None:
+        blocks = rebase_image_names(read_star(star, keep_text=True), star, path)
+        return write_poses_star(blocks, path, poses.rotations, poses.shifts, poses.scores, pixel_size=pixel)
+    stack = getattr(op, "particles", None) or spec.observation_paths()[i]
+    if stack is None:
+        raise DataError(f"[{_section(spec, i)}] {op.name}: no STAR file or image stack to name in {path}")
+    return write_new_poses_star(path, Path(stack), poses, pixel, stack_header(stack)[1])
 
 
 def _others(report: dict) -> dict:

@@ -44,6 +44,12 @@ class Inputs:
     mask: Path | None = param(None, help="mask (0..1) applied to both maps for the reported FSC", is_map=True)
     voxel_size: float | None = param(None, help="voxel size in Angstrom, overriding the maps' headers", validator=positive)
     box: int | None = param(None, help="box edge in voxels when no map gives it (prior sampling)", validator=positive)
+    initial_map: Path | None = param(
+        None,
+        help="map the [poser] matches the particle images against when their poses are unknown, before sampling "
+        "(on the images' grid: their box and pixel size); not needed with a sampler that searches poses itself",
+        is_map=True,
+    )
 
 
 @attrs.frozen
@@ -56,6 +62,11 @@ class Outputs:
     fsc_plot: Path | None = param(None, help="PNG plot of FSC against the reference")
     fsc_csv: Path | None = param(None, help="CSV of the FSC curve against the reference")
     slices: Path | None = param(None, help="PNG of central slices of input, restored and std maps (default: beside the map, <name>_slices.png)")
+    poses: Path | None = param(
+        None,
+        help="RELION STAR file of the poses estimated for images with unknown poses, written only when poses were estimated "
+        "(default: beside the map, <name>_poses.star; <name>_poses_<i>.star per operator when several need poses)",
+    )
 
     @property
     def report_path(self) -> Path:
@@ -67,10 +78,17 @@ class Outputs:
         """Where the PNG of central slices goes."""
         return self.slices if self.slices is not None else self.map.with_name(f"{self.map.stem}_slices.png")
 
-    def paths(self) -> list[Path]:
-        """Every file this task will write."""
+    def poses_paths(self, count: int) -> list[Path]:
+        """Where the estimated poses of `count` operators go (one STAR file each)."""
+        path = self.poses if self.poses is not None else self.map.with_name(f"{self.map.stem}_poses.star")
+        if count == 1:
+            return [path]
+        return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+
+    def paths(self, poses: int = 0) -> list[Path]:
+        """Every file this task will write; `poses`: how many operators' poses it estimates."""
         extra = [self.std, self.fsc_plot, self.fsc_csv]
-        return [self.map, self.report_path, self.slices_path, *[p for p in extra if p is not None]]
+        return [self.map, self.report_path, self.slices_path, *[p for p in extra if p is not None], *self.poses_paths(poses)[:poses]]
 
 
 @attrs.define
@@ -347,15 +365,41 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
                 problems.append(f"{where}[inputs] observation: missing; the operator needs an observed map (or give half_maps)")
             else:
                 problems.append(f"{where}[operators.{i}] observation: missing; give observation = \"path\" in this operator's table")
-    for i, op in enumerate(spec.operators):
-        needs_poser = getattr(op, "needs_poser", None)
-        if spec.poser is None and needs_poser is not None and _safe(needs_poser):
-            section = "operator" if len(spec.operators) == 1 else f"operators.{i}"
+    for i in unknown_poses(spec):
+        op = spec.operators[i]
+        section = "operator" if len(spec.operators) == 1 else f"operators.{i}"
+        if spec.poser is None:
             problems.append(f"{where}[{section}] {op.name}: the poses are unknown; the task needs a [poser] section (pose models: cryoinverse list poser)")
+        elif spec.inputs.initial_map is None and not searches_poses(spec.sampler):
+            problems.append(f"{where}[inputs] initial_map: missing; {_initial_map_needed(spec, section, op)}")
     if spec.outputs.std is not None and spec.samples < 2:
         problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
     if problems:
         raise SpecError(problems)
+
+
+def unknown_poses(spec: TaskSpec) -> list[int]:
+    """Indices of the operators whose poses are unknown (`needs_poser()`): a poser or the sampler must estimate them."""
+    return [i for i, op in enumerate(spec.operators) if callable(getattr(op, "needs_poser", None)) and _safe(op.needs_poser)]
+
+
+def searches_poses(sampler: Any) -> bool:
+    """Whether a sampler estimates unknown poses itself while it samples (its `searches_poses` ClassVar)."""
+    return bool(getattr(sampler, "searches_poses", False))
+
+
+def _initial_map_needed(spec: TaskSpec, section: str, op: Any) -> str:
+    """Why [inputs] initial_map is needed, and what else would do."""
+    try:
+        samplers = [e.name for e in get_registry().entries("sampler") if searches_poses(e.cls)]
+    except CryoinverseError:
+        samplers = []
+    alternative = f"a sampler that searches poses itself ({', '.join(samplers)})" if samplers else "a sampler that searches poses itself (none is registered)"
+    return (
+        f"the poses of [{section}] {op.name} are unknown and sampler "
+        f"{spec.sampler.name!r} does not search them: give initial_map = \"map.mrc\" (a map on the images' grid for the [poser] "
+        f"to match them against), or use {alternative}"
+    )
 
 
 def map_fields(spec: TaskSpec) -> list[tuple[str, str, Path]]:
