@@ -151,6 +151,9 @@ class Projection:
         "CTF columns; images from rlnImageName when particles is not given",
     )
     method: str = param("fourier", help="projection: fourier (Fourier-slice) or real (line integrals)", validator=one_of("fourier", "real"))
+    interpolation: str = param(
+        "trilinear", help="fourier method: trilinear (line sums of the trilinearly interpolated map, as real) or sinc (of the band-limited map; cheaper)", validator=one_of("trilinear", "sinc")
+    )
     ctf: bool = param(True, help="apply each image's CTF from the STAR file")
     noise_variance: float = param(1.0, help="per-pixel white noise variance of the images (density units squared)", validator=positive)
     poses_known: bool = param(True, help="false: ignore any angles in the STAR file; the task's [poser] estimates the poses")
@@ -438,7 +441,9 @@ class Projection:
         if self.method == "real":
             images = project_real(x, rotations, shifts if has_shift else None, pixel)
             return shift_and_filter(images, None, filters)
-        images = project_fourier(x, rotations, None, pixel)
+        if self.interpolation == "trilinear":  # shifts inside: its aliases move with the content
+            return shift_and_filter(project_fourier(x, rotations, shifts if has_shift else None, pixel), None, filters)
+        images = project_fourier(x, rotations, None, pixel, interpolation="sinc")
         return shift_and_filter(images, shifts / pixel if has_shift else None, filters)
 
     def subset(self) -> torch.Tensor | None:
