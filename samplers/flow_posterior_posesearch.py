@@ -17,8 +17,26 @@ fraction of the projection's energy on the image's background, the pixels whose 
 The pose search of step j uses the frequency limit `start_resolution` (first search) rising
 geometrically to `final_resolution` (last): early estimates are blurred and only their low
 frequencies say anything about the poses. Before the first search (at step `search_every`) the
-poses are uniform random rotations drawn from the sampler's generator: the map grows from their
-average, as stochastic ab initio methods start.
+poses are those the operator holds (from a STAR file: the sampler then refines them), else
+uniform random rotations drawn from the sampler's generator.
+
+`guidance = "wiener"` (default) replaces the gradient by the posterior mean under a Gaussian
+view of the prior's estimate: with V the per-coefficient variance of x1 | x_t (the prior's
+closed form, or a Gaussian prior's with the spectrum the images give, times `prior_error`),
+
+    E[x1 | x_t, y] = x1_hat + (A^T A + s V^-1)^-1 A^T (y - A x1_hat),
+
+solved by `cg_iterations` of conjugate gradients preconditioned by the Fourier-diagonal part of
+A^T A, and v_post = (E[x1 | x_t, y] - x_t) / (1 - t). s is the noise variance plus
+`regularization` times the largest diag(A^T A) V: clean images alone would make the solve
+ill-posed. Measured on 60 clean 32^3 projections (4 Å, held-out model): with the true poses
+held fixed it reaches AUC-FSC 0.88 (FSC-0.5 at Nyquist) in 30 steps.
+
+Limits, measured: from random poses neither guidance has converged on small clean stacks (60
+images of 32^3, 30 of 16^3: the map stays at AUC ~0.1-0.15, pose errors ~110 degrees after
+alignment); plain projection matching with the same solve does not either, while from poses
+within ~20-30 degrees it converges (to 4.6 degrees median on the 32^3 stack). Starting from given
+poses (a STAR file) is the dependable use today.
 
 The operator must be `projection`-like: `images` of the observation, `filters(n, device, dtype)`
 (the CTFs or None), `image_pixel_size`, `set_poses(rotations, shifts)` and `forward(x, indices)`.
@@ -52,6 +70,7 @@ class FlowPosteriorPosesearch:
     """Euler flow posterior sampling from particle images with unknown poses, re-searched as the map forms."""
 
     name: ClassVar[str] = "flow-posterior-posesearch"
+    searches_poses: ClassVar[bool] = True
 
     steps: int = param(100, help="number of Euler steps from t = 0 to t = 1", validator=positive)
     search_every: int = param(10, help="steps between pose searches against the current estimate", validator=positive)
@@ -68,6 +87,7 @@ class FlowPosteriorPosesearch:
     regularization: float = param(
         0.01, help="wiener: floor on the noise variance as a fraction of the largest A^T A x prior variance (the diagonal approximation of A^T A is crude where slices are sparse)", validator=non_negative
     )
+    cg_iterations: int = param(10, help="wiener: conjugate-gradient iterations of each posterior-mean solve (1: the Fourier-diagonal approximation of A^T A alone)", validator=positive)
     prior_error: float = param(4.0, help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's", validator=positive)
     background_weight: float = param(0.5, help="weight of the background penalty (projection energy where the image is background)", validator=non_negative)
     background_percentile: float = param(30.0, help="pixels below this percentile of an image's |y| are its background", validator=non_negative)
@@ -164,7 +184,10 @@ class FlowPosteriorPosesearch:
         limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item()) if generator is not None else 0)
         h = 1.0 / self.steps
-        poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
+        if getattr(op, "has_poses", False):  # poses given (a STAR file): refine from them
+            poses = [Poses(op.rotations, shifts=op.shifts) for _ in range(init.shape[0])]
+        else:
+            poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
         x = init
         if self.guidance == "wiener":
             return self._run_wiener(prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress)
@@ -189,7 +212,7 @@ class FlowPosteriorPosesearch:
         return prior.denormalize(x)
 
     def _run_wiener(self, prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress):
-        """Steps along (E[x1 | x_t, y] - x_t) / (1 - t) with A^T A approximated by its Fourier diagonal."""
+        """Steps along (E[x1 | x_t, y] - x_t) / (1 - t); poses are searched against the last E[x1 | x_t, y]."""
         from cryoinverse.fourier import expand_shells, fftn, ifftn
 
         total, n = images.shape[0], images.shape[-1]
@@ -206,9 +229,7 @@ class FlowPosteriorPosesearch:
         centre[n // 2, n // 2, n // 2] = 1.0
         f_centre = fftn(centre)
         diagonal: list = [None] * init.shape[0]
-        floors: list = [None] * init.shape[0]
-        with torch.no_grad():
-            var0 = (conditional(init, 0.0).var if conditional is not None else self.prior_error * signal) * k**2
+        latest: list = [None] * init.shape[0]  # the last posterior mean of each sample
         x = init
         for i, t in enumerate(times):
             with torch.no_grad():
@@ -223,20 +244,21 @@ class FlowPosteriorPosesearch:
             steps = []
             for b in range(x.shape[0]):
                 if i in limits:
-                    poses[b] = self._search(self._poser, images_cpu, x1[b].to("cpu"), pixel, ctf, limits[i])
+                    # the posterior mean, not x1_hat: early in the flow x1_hat is mostly the prior's guess,
+                    # while the posterior mean is the reconstruction the current poses give
+                    reference = latest[b] if latest[b] is not None else x1[b]
+                    poses[b] = self._search(self._poser, images_cpu, reference.to("cpu"), pixel, ctf, limits[i])
                     diagonal[b] = None
                 op.set_poses(poses[b].rotations, poses[b].shifts)
                 if diagonal[b] is None:  # Fourier diagonal of A^T A: A^T A applied to a centred delta
                     diagonal[b] = (fftn(self._adjoint(op, centre, None, None)) / f_centre).real.clamp(min=0)
-                    v0 = var0[b] if var0.ndim == 4 else var0
-                    floors[b] = noise + self.regularization * float((diagonal[b] * v0).max())
                 indices = self._subset(total, cpu_gen)
                 scale = 1.0 if indices is None else total / indices.numel()
                 back = self._adjoint(op, x1[b], images, indices) * scale  # A^T (y - A x1)
-                vb = var[b] if var.ndim == 4 else var
+                vb = (var[b] if var.ndim == 4 else var).clamp(min=1e-30)
                 floor = noise + self.regularization * float((diagonal[b] * vb).max())
-                delta = ifftn(vb * fftn(back) / (floor + diagonal[b] * vb))
-                steps.append(delta)
+                steps.append(self._solve(op, indices, scale, back, floor / vb, diagonal[b]))
+                latest[b] = x1[b] + steps[-1]
             delta = torch.stack(steps) / k
             x = (x + h * (v + (delta / (1.0 - t)).to(x.dtype))).detach()
             progress(1)
@@ -244,8 +266,33 @@ class FlowPosteriorPosesearch:
         op.set_poses(poses[0].rotations, poses[0].shifts)
         return prior.denormalize(x)
 
+    def _solve(self, op, indices, scale, rhs, penalty, diagonal):
+        """delta with (A^T A + penalty) delta = rhs, penalty Fourier-diagonal: preconditioned conjugate gradients
+        (`cg_iterations`; the preconditioner is the Fourier-diagonal part, which alone is the first iterate)."""
+        from cryoinverse.fourier import fftn, ifftn
+
+        precondition = lambda r: ifftn(fftn(r) / (diagonal + penalty))  # noqa: E731
+        if self.cg_iterations <= 1:
+            return precondition(rhs)
+        apply = lambda v: self._adjoint(op, v, None, indices) * scale + ifftn(penalty * fftn(v))  # noqa: E731
+        x = torch.zeros_like(rhs)
+        r = rhs
+        z = precondition(r)
+        p = z
+        rz = (r * z).sum()
+        for _ in range(self.cg_iterations):
+            mp = apply(p)
+            alpha = rz / (p * mp).sum().clamp(min=1e-300)
+            x = x + alpha * p
+            r = r - alpha * mp
+            z = precondition(r)
+            rz_next = (r * z).sum()
+            p = z + (rz_next / rz.clamp(min=1e-300)) * p
+            rz = rz_next
+        return x
+
     @staticmethod
-    def _adjoint(op, volume: torch.Tensor, images: torch.Tensor | None, indices: torch.Tensor | None) -> torch.Tensor:
+    def _adjoint(op, volume: torch.Tensor, images: torch.Tensor | None, indices: torch.Tensor | None = None) -> torch.Tensor:
         """A^T (y - A v) for images `images` (A^T A v when None), over `indices` (all for None)."""
         with torch.enable_grad():
             v = volume.detach().requires_grad_(True)
