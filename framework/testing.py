@@ -309,9 +309,29 @@ def _sampler_problem(n: int = 12):
     return prior, Likelihood([Observation(op, y)]), init
 
 
+def _pose_problem(n: int = 12, count: int = 8):
+    """A gaussian prior, `count` projections of a map at random poses (held by the operator) and initial noise."""
+    from cryoinverse.operators.projection import Projection
+    from cryoinverse.priors.gaussian import GaussianPrior
+    from cryoinverse.rotations import random_rotations
+
+    from .spectra import radial_power
+
+    clean = sample_density(n, batch=1, seed=12)[0]
+    prior = GaussianPrior(power=radial_power(clean).clamp(min=1e-8).tolist())
+    op = Projection.from_poses(random_rotations(count, torch.Generator().manual_seed(15)), noise_variance=1e-3)
+    y = op.simulate(clean, torch.Generator().manual_seed(13))
+    op = Projection.from_poses(op.rotations, noise_variance=1e-3, images=y)
+    init = torch.randn((2, n, n, n), generator=torch.Generator().manual_seed(14))
+    return prior, Likelihood([Observation(op, y)]), init
+
+
 def check_sampler_run(sampler: Any) -> None:
-    """run returns density maps of the init's shape, finite, calls progress once per step, and is deterministic."""
-    prior, likelihood, init = _sampler_problem()
+    """run returns density maps of the init's shape, finite, calls progress once per step, and is deterministic.
+
+    A sampler with `searches_poses` runs on particle images (`projection`), others on a missing-wedge map.
+    """
+    prior, likelihood, init = _pose_problem() if getattr(sampler, "searches_poses", False) else _sampler_problem()
     calls = []
     out = sampler.run(prior, likelihood, init.clone(), generator=torch.Generator().manual_seed(0), progress=calls.append)
     assert out.shape == init.shape and torch.isfinite(out).all(), f"run gave shape {tuple(out.shape)} (finite: {bool(torch.isfinite(out).all())})"

@@ -192,8 +192,14 @@ class Projection:
             op._set_images(torch.as_tensor(images), "images")
         return op
 
-    def set_poses(self, rotations: torch.Tensor, shifts: torch.Tensor | None = None) -> None:
-        """Set the poses: rotations (N, 3, 3) volume -> image, shifts (N, 2) in Å (x, y); the CTF is kept."""
+    def set_poses(self, rotations: torch.Tensor | None, shifts: torch.Tensor | None = None) -> None:
+        """Set the poses: rotations (N, 3, 3) volume -> image, shifts (N, 2) in Å (x, y); the CTF is kept.
+
+        `None` forgets them (the operator then needs a poser again)."""
+        if rotations is None:
+            self._rotations = self._shifts = None
+            self._cache.clear()
+            return
         count = self._images.shape[0] if self._images is not None else None
         rotations = torch.as_tensor(rotations)
         if count is not None and rotations.shape[0] != count:

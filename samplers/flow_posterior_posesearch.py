@@ -40,9 +40,9 @@ poses (a STAR file) is the dependable use today.
 
 The operator must be `projection`-like: `images` of the observation, `filters(n, device, dtype)`
 (the CTFs or None), `image_pixel_size`, `set_poses(rotations, shifts)` and `forward(x, indices)`.
-The poser is the task's `[poser]` (default `search`). After sampling the operator holds the
-final poses of the first sample (the runner writes them as a STAR file); `poses` has every
-sample's. The map comes out in an arbitrary frame (and hand): compare it with anything after
+The poser is the task's `[poser]` (default `search`). After sampling, `poses` holds every
+sample's final poses (the runner writes the first sample's as a STAR file); the operator is left
+with the poses it was given. The map comes out in an arbitrary frame (and hand): compare it with anything after
 `cryoinverse align`.
 """
 
@@ -85,7 +85,7 @@ class FlowPosteriorPosesearch:
         validator=one_of("wiener", "correlation", "correlation-sg"),
     )
     regularization: float = param(
-        0.01, help="wiener: floor on the noise variance as a fraction of the largest A^T A x prior variance (the diagonal approximation of A^T A is crude where slices are sparse)", validator=non_negative
+        1e-3, help="wiener: floor on the noise variance as a fraction of the largest A^T A x prior variance (the diagonal approximation of A^T A is crude where slices are sparse)", validator=non_negative
     )
     cg_iterations: int = param(10, help="wiener: conjugate-gradient iterations of each posterior-mean solve (1: the Fourier-diagonal approximation of A^T A alone)", validator=positive)
     prior_error: float = param(4.0, help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's", validator=positive)
@@ -184,13 +184,17 @@ class FlowPosteriorPosesearch:
         limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item()) if generator is not None else 0)
         h = 1.0 / self.steps
-        if getattr(op, "has_poses", False):  # poses given (a STAR file): refine from them
-            poses = [Poses(op.rotations, shifts=op.shifts) for _ in range(init.shape[0])]
+        given = Poses(op.rotations, shifts=op.shifts) if getattr(op, "has_poses", False) else None
+        if given is not None:  # poses given (a STAR file): refine from them
+            poses = [given for _ in range(init.shape[0])]
         else:
             poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
         x = init
         if self.guidance == "wiener":
-            return self._run_wiener(prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress)
+            try:
+                return self._run_wiener(prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress)
+            finally:  # the operator keeps what it was given; the estimates are in `poses`
+                op.set_poses(None if given is None else given.rotations, None if given is None else given.shifts)
         for i, t in enumerate(times):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
@@ -208,7 +212,7 @@ class FlowPosteriorPosesearch:
             x = (x + h * (v.detach() - self.weight(t) * g)).detach()
             progress(1)
         self._poses = poses
-        op.set_poses(poses[0].rotations, poses[0].shifts)
+        op.set_poses(None if given is None else given.rotations, None if given is None else given.shifts)
         return prior.denormalize(x)
 
     def _run_wiener(self, prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress):
@@ -263,7 +267,6 @@ class FlowPosteriorPosesearch:
             x = (x + h * (v + (delta / (1.0 - t)).to(x.dtype))).detach()
             progress(1)
         self._poses = poses
-        op.set_poses(poses[0].rotations, poses[0].shifts)
         return prior.denormalize(x)
 
     def _solve(self, op, indices, scale, rhs, penalty, diagonal):

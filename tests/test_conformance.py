@@ -19,6 +19,7 @@ from cryoinverse.registry import get_registry
 from cryoinverse.rotations import random_rotations
 from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
 from cryoinverse.samplers.flow_posterior_pseudoinverse import FlowPosteriorPseudoinverse
+from cryoinverse.samplers.flow_posterior_posesearch import FlowPosteriorPosesearch
 from cryoinverse.samplers.prior import PriorSampler
 
 
@@ -38,6 +39,7 @@ SAMPLERS = {
     "flow-posterior-euler": lambda: FlowPosteriorEuler(steps=5),
     "flow-posterior-pseudoinverse": lambda: FlowPosteriorPseudoinverse(steps=5),
     "prior": lambda: PriorSampler(steps=5),
+    "flow-posterior-posesearch": lambda: FlowPosteriorPosesearch(steps=4, search_every=2, cg_iterations=2),
 }
 
 

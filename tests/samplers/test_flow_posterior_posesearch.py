@@ -1,0 +1,70 @@
+"""Sampler `flow-posterior-posesearch`: maps from particle images whose poses are searched while sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cryoinverse.align import align_maps
+from cryoinverse.components import Likelihood, Observation, PrepareContext
+from cryoinverse.errors import SpecError
+from cryoinverse.metrics import auc_fsc, fsc
+from cryoinverse.operators.projection import Projection
+from cryoinverse.posers.search import Search
+from cryoinverse.poses import Poses, pose_metrics
+from cryoinverse.priors.gaussian import GaussianPrior
+from cryoinverse.projection import project_fourier
+from cryoinverse.rotations import random_rotations
+from cryoinverse.samplers.flow_posterior_posesearch import FlowPosteriorPosesearch
+from cryoinverse.so3_grid import axis_angle_to_matrix
+from cryoinverse.testing import sample_density
+
+N, PIXEL, COUNT = 16, 4.0, 40
+
+
+@pytest.fixture(scope="module")
+def stack():
+    volume = sample_density(N, seed=21)[0].double()
+    rotations = random_rotations(COUNT, torch.Generator().manual_seed(22))
+    images = project_fourier(volume, rotations).float()
+    return volume, rotations, images
+
+
+def _run(stack, sampler, given=None):
+    volume, rotations, images = stack
+    op = Projection.from_poses(rotations, pixel_size=PIXEL, noise_variance=1e-6, images=images)
+    op.set_poses(given)
+    ctx = PrepareContext(shape=(N,) * 3, voxel_size=PIXEL, device=torch.device("cpu"), operators=[op], poser=Search(shift_range=0.0))
+    prior = GaussianPrior()
+    prior.prepare(ctx)  # the spectrum from the images (projection.signal_power)
+    sampler.prepare(ctx)
+    init = torch.randn(1, N, N, N, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    out = sampler.run(prior, Likelihood([Observation(op, images)]), init, generator=torch.Generator().manual_seed(24))
+    _, moved = align_maps(volume, out[0], PIXEL, allow_mirror=True)
+    return op, auc_fsc(fsc(volume, moved)), pose_metrics(sampler.poses[0], Poses(rotations))
+
+
+def test_refines_poses_given_about_12_degrees_off(stack):
+    _, rotations, _ = stack
+    nudged = rotations @ axis_angle_to_matrix(torch.randn(COUNT, 3, generator=torch.Generator().manual_seed(25), dtype=torch.float64) * 0.12)
+    before = pose_metrics(Poses(nudged), Poses(rotations))["rotation_error_median_deg"]
+    op, auc, after = _run(stack, FlowPosteriorPosesearch(steps=20, search_every=4, start_resolution=12.0), given=nudged)
+    # measured: 13.2 -> 3.7 degrees median, map AUC-FSC 0.70 after alignment (chance: ~0.15)
+    assert before > 12.0 and after["rotation_error_median_deg"] < 5.0
+    assert auc > 0.6
+    torch.testing.assert_close(op.rotations, nudged)  # the operator keeps what it was given
+
+
+def test_ab_initio_from_random_poses_on_a_small_stack(stack):
+    _, auc, _ = _run(stack, FlowPosteriorPosesearch(steps=30, search_every=3, start_resolution=20.0))
+    # measured: AUC-FSC 0.37 after alignment with the mirror allowed, median pose error 62 degrees;
+    # a run whose poses end at chance reaches ~0.12-0.15 here. Partial: see the module docstring.
+    assert auc > 0.3
+
+
+def test_needs_a_projection_operator():
+    from cryoinverse.operators.spectral_noise import SpectralNoise
+
+    y = torch.zeros(8, 8, 8)
+    with pytest.raises(SpecError, match="needs a projection operator"):
+        FlowPosteriorPosesearch(steps=2).run(GaussianPrior(power=[1.0] * 14), Likelihood([Observation(SpectralNoise(noise_variance=1.0), y)]), torch.zeros(1, 8, 8, 8))
