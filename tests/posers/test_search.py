@@ -63,3 +63,29 @@ def test_a_volume_of_another_size_is_refused(problem):
 
 def test_search_conforms():
     check_poser(Search())
+
+
+def test_recovers_cryodrgn_toy_rotations(shared_data):
+    """cryoDRGN's toy projections (30 px, 1 Å, unshifted) against its toy map: errors below the final grid spacing."""
+    import mrcfile
+    import numpy as np
+    import warnings
+
+    from cryoinverse.particles import read_stack
+    from cryoinverse.so3_grid import grid_spacing
+
+    d = shared_data / "particles"
+    with mrcfile.open(d / "toymodel_small_nocenter.mrc") as mrc:
+        volume = torch.from_numpy(mrc.data.astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an old header, read permissively
+        images, _ = read_stack(d / "toy_projections.mrcs")
+    count = 100
+    truth = torch.from_numpy(np.load(d / "toy_rot_trans.npz")["rotations"][:count].astype(np.float64))
+    search = Search(shift_range=0.0)
+    est = search.estimate(images[:count], volume, 1.0)
+    m = pose_metrics(est, Poses(truth), align=False)
+    final_spacing = grid_spacing(search.level) / 2**search.refinements  # 0.94 degrees
+    # measured: median 0.57 degrees, 99 of 100 within 5 degrees
+    assert m["rotation_error_median_deg"] < final_spacing
+    assert m["within_5_deg"] > 0.95
