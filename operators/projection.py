@@ -40,11 +40,11 @@ from cryoinverse.components import PrepareContext
 from cryoinverse.ctf import CTFParams, ctf_grid
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.mrc import open_mrc
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.projection import project_fourier, project_real, shift_and_filter
 from cryoinverse.rotations import euler_zyz_to_matrix
-from cryoinverse.star import pixel_size_of, read_particles, split_image_name
+from cryoinverse.particles import image_sources, read_stack, stack_header
+from cryoinverse.star import pixel_size_of, read_particles
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
@@ -94,46 +94,6 @@ def write_particles(
         )
     write_star(star, {"optics": optics, "particles": particles})
     return stack, star
-
-
-def read_stack(path: str | Path, indices: np.ndarray | None = None) -> tuple[torch.Tensor, float | None]:
-    """Images (N, n, n) float32 of an MRC stack (or one 2D image), and its header pixel size (Å, None if unset).
-
-    `indices` (0-based) selects images. A 3D file is read as a stack whatever its space group.
-    """
-    path = Path(path)
-    with open_mrc(path, header_only=False) as mrc:
-        data = np.asarray(mrc.data)
-        vs = float(mrc.voxel_size.x)
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3:
-        raise DataError(f"{path}: holds {data.ndim}D data; an image stack (N, n, n) is needed")
-    if np.iscomplexobj(data):
-        raise DataError(f"{path}: holds complex data; real-space images are needed")
-    if data.shape[1] != data.shape[2]:
-        raise DataError(f"{path}: images are {data.shape[2]}x{data.shape[1]} pixels; square images are needed")
-    if indices is not None:
-        bad = indices[(indices < 0) | (indices >= data.shape[0])]
-        if bad.size:
-            raise DataError(f"{path}: has {data.shape[0]} images; image {int(bad[0]) + 1} was asked for")
-        data = data[indices]
-    data = data.astype(np.float32)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise DataError(f"{path}: contains {int(bad.sum())} NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(data)), (vs if np.isfinite(vs) and vs > 0 else None)
-
-
-def _stack_header(path: Path) -> tuple[int, int, float | None]:
-    """(number of images, edge n, pixel size or None) from the header alone."""
-    with open_mrc(path, header_only=True) as mrc:
-        h = mrc.header
-        nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
-        vs = float(mrc.voxel_size.x)
-    if nx != ny:
-        raise DataError(f"{path}: images are {nx}x{ny} pixels; square images are needed")
-    return nz, nx, (vs if np.isfinite(vs) and vs > 0 else None)
 
 
 @attrs.define
@@ -297,7 +257,7 @@ class Projection:
         if self._rotations is None and self._ctf_params is None and self.star is not None:
             self._load_star(Path(self.star))
         if self.particles is not None and self._images is None:
-            count, n, vs = _stack_header(Path(self.particles))
+            count, n, vs = stack_header(Path(self.particles))
             if (self._rotations is not None or self._ctf_params is not None) and count != self.n_images:
                 raise SpecError(
                     f"[operator] particles: {Path(self.particles).name} holds {count} images but the STAR file "
@@ -343,8 +303,11 @@ class Projection:
         else:
             self._ctf_params = ctf_params
         if "rlnImageName" in table and self.particles is None:
-            self._sources = self._image_sources(path, table["rlnImageName"])
-            headers = [_stack_header(f) for f, _ in self._sources]
+            try:
+                self._sources = image_sources(path, table["rlnImageName"])
+            except DataError as exc:
+                raise SpecError(f"[operator] star: {exc}") from None
+            headers = [stack_header(f) for f, _, _ in self._sources]
             sizes = sorted({n for _, n, _ in headers})
             if len(sizes) > 1:
                 raise SpecError(f"{where}: the stacks named by rlnImageName have different image sizes {sizes}")
@@ -352,25 +315,6 @@ class Projection:
             if pixel is None:
                 pixel = headers[0][2]
         self._pixel = pixel
-
-    @staticmethod
-    def _image_sources(star: Path, names: np.ndarray) -> list[tuple[Path, np.ndarray]]:
-        """[(stack file, 0-based indices)] in row order runs; stacks relative to the STAR's folder (or cwd)."""
-        sources: list[tuple[Path, list[int]]] = []
-        for name in np.asarray(names).tolist():
-            try:
-                index, file = split_image_name(str(name))
-            except DataError as exc:
-                raise SpecError(f"[operator] star: {star}: {exc}") from None
-            candidates = [star.parent / file, Path(file)]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                raise SpecError(f"[operator] star: {star}: image stack {file} not found (looked beside the STAR file and in the working folder)")
-            if sources and sources[-1][0] == found:
-                sources[-1][1].append(index)
-            else:
-                sources.append((found, [index]))
-        return [(f, np.asarray(i, dtype=np.int64)) for f, i in sources]
 
     def _check_geometry(self, ctx: PrepareContext | None) -> None:
         if ctx is None or self._box is None or ctx.shape is None or None in tuple(ctx.shape):
@@ -409,8 +353,11 @@ class Projection:
                 self._pixel = vs
             return self._set_images(images, str(self.particles))
         if self._sources:
-            stacks = [read_stack(f, idx)[0] for f, idx in self._sources]
-            return self._set_images(torch.cat(stacks), f"[operator] star: {self.star}")
+            stacks = torch.cat([read_stack(f, idx)[0] for f, idx, _ in self._sources])
+            rows = torch.from_numpy(np.concatenate([r for _, _, r in self._sources]))
+            images = torch.empty_like(stacks)
+            images[rows] = stacks  # back to the STAR's row order
+            return self._set_images(images, f"[operator] star: {self.star}")
         return None
 
     def volume_geometry(self) -> tuple[tuple[int, int, int], float] | None:
