@@ -1,0 +1,68 @@
+"""Planar-map geometry and the FastAR network: exact recovery, robust weighting, and a tiny overfit."""
+
+from __future__ import annotations
+
+import torch
+
+from cryoinverse.planar import planar_maps, plane_coordinates, rotations_from_planar_maps, weighted_kabsch
+from cryoinverse.posers.fastar_model import CONFIGS, FastAR, planar_loss
+from cryoinverse.projection import project_fourier
+from cryoinverse.rotations import geodesic_distance, random_rotations
+from cryoinverse.testing import sample_density
+
+
+def test_weighted_kabsch_recovers_an_exact_rotation_and_ignores_zero_weight_outliers():
+    g = torch.Generator().manual_seed(0)
+    rotation = random_rotations(1, g)[0]
+    source = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    target = source @ rotation.T
+    torch.testing.assert_close(weighted_kabsch(source[None], target[None], torch.ones(1, 50, dtype=torch.float64))[0], rotation)
+    corrupted = target.clone()
+    corrupted[:10] = torch.randn(10, 3, generator=g, dtype=torch.float64) * 5
+    weights = torch.ones(1, 50, dtype=torch.float64)
+    weights[0, :10] = 0
+    torch.testing.assert_close(weighted_kabsch(source[None], corrupted[None], weights)[0], rotation)
+    # with the outliers weighted in, the answer moves: the weights matter
+    assert float(geodesic_distance(weighted_kabsch(source[None], corrupted[None], torch.ones(1, 50, dtype=torch.float64)), rotation[None])) > 1.0
+
+
+def test_planar_maps_of_known_poses_give_back_those_poses():
+    rotations = random_rotations(6, torch.Generator().manual_seed(1))
+    maps = planar_maps(rotations, 16)
+    assert maps.shape == (6, 16, 16, 3)
+    torch.testing.assert_close(maps[0], plane_coordinates(16, torch.float64))  # the reference view is the plane itself
+    # in the reference view's frame the rotations are R_i R_0^T (a set is known up to one global rotation)
+    est = rotations_from_planar_maps(maps)
+    assert float(geodesic_distance(est, rotations @ rotations[0].T).max()) < 1e-4
+
+
+def test_a_tiny_network_overfits_a_tiny_set():
+    n, sets, views = 32, 4, 4
+    volume = sample_density(n, seed=4)[0].double()
+    rotations = random_rotations(sets * views, torch.Generator().manual_seed(1)).reshape(sets, views, 3, 3)
+    images = project_fourier(volume, rotations.reshape(-1, 3, 3), interpolation="sinc").float().reshape(sets, views, n, n)
+    target = torch.stack([planar_maps(r, n) for r in rotations]).float()
+    relative = rotations @ rotations[:, :1].transpose(-1, -2)
+    torch.manual_seed(0)
+    model = FastAR(CONFIGS["tiny"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def median_error() -> float:
+        with torch.no_grad():
+            maps, conf = model(images)
+            est = torch.stack([rotations_from_planar_maps(m.double(), c.double()) for m, c in zip(maps, conf)])
+        return float(geodesic_distance(est[:, 1:].reshape(-1, 3, 3), relative[:, 1:].reshape(-1, 3, 3)).median())
+
+    before = median_error()
+    losses = []
+    for _ in range(400):
+        maps, conf = model(images)
+        loss = planar_loss(maps, conf, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    after = median_error()
+    # measured: loss 2.84 -> -0.004, median rotation error 140 -> 4.0 degrees
+    assert losses[-1] < losses[0] / 4
+    assert before > 90.0 and after < 15.0
