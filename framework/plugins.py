@@ -28,11 +28,13 @@ DEFAULT_PLUGINS = (
     "cryoinverse.samplers.flow_posterior_posesearch",
     "cryoinverse.operators.projection",
     "cryoinverse.posers.search",
+    "cryoinverse.posers.fastar",
     "cryoinverse.simulate",
     "cryoinverse.bench",
     "cryoinverse.loglik",
     "cryoinverse.priors.cryofm",
     "cryoinverse.priors.training",
+    "cryoinverse.posers.fastar_train",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -47,7 +47,7 @@ def test_every_built_in_component_is_covered():
     registry = get_registry()
     builtin = {(e.kind, e.name) for e in registry.entries() if e.plugin.startswith("cryoinverse.")}
     covered = {("operator", n) for n in OPERATORS} | {("prior", n) for n in PRIORS} | {("sampler", n) for n in SAMPLERS}
-    covered |= {("poser", "search")}  # tests/posers/test_search.py runs check_poser on it
+    covered |= {("poser", "search"), ("poser", "fastar")}  # tests/posers/test_search.py and test_fastar.py run check_poser
     assert builtin == covered
 
 

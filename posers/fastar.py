@@ -1,0 +1,120 @@
+"""`fastar`: poses of a whole stack from a learned multi-view network (CryoFastAR-style), then local `search`.
+
+The network (`posers/fastar_model.py`) takes sets of views that share one reference image (the
+stack's first) and predicts every view's Fourier planar map in the reference's frame; weighted
+Kabsch turns each map into the relative rotation Q_i = R_i R_0^T (`cryoinverse.planar`). The
+reference's own pose R_0 ties that frame to the map: the first `anchors` images are searched
+globally with `search`, each gives a candidate R_0 = Q_j^T R_j, and the candidate nearest to the
+others (the smallest sum of geodesic distances) wins, so one badly searched image cannot spoil
+it. Then R_i = Q_i R_0 for all images and, with `refine`, `search` refines them locally
+(`init`), which also finds the shifts.
+
+The network sees images resampled to its voxel size and cut or padded to its image size (from
+the weights' JSON). Weights: `weights` (a .safetensors with its .json, from `cryoinverse train
+poser`); no default network is shipped yet, so `weights` must be given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from cryoinverse.errors import SpecError
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.params import non_negative, param, positive
+from cryoinverse.planar import rotations_from_planar_maps
+from cryoinverse.poses import Poses
+from cryoinverse.rotations import geodesic_distance
+
+
+def _fit_images(images: torch.Tensor, pixel_size: float, voxel_size: float, size: int) -> torch.Tensor:
+    """Images (N, n, n) resampled to `voxel_size` (Fourier crop or pad) and cut or padded to size x size about the centre."""
+    from cryoinverse.particles import resample_images
+
+    x = images.to(torch.float64)
+    if abs(pixel_size - voxel_size) > 1e-3 * voxel_size:
+        x = resample_images(x, pixel_size, voxel_size)
+    n = x.shape[-1]
+    if n > size:
+        lo = n // 2 - size // 2
+        x = x[..., lo : lo + size, lo : lo + size]
+    elif n < size:
+        lo = size // 2 - n // 2
+        x = torch.nn.functional.pad(x, (lo, size - n - lo, lo, size - n - lo))
+    return x.to(torch.float32)
+
+
+@attrs.define
+class FastARPoser:
+    """Poses from a learned multi-view network, tied to the map by a few global searches, refined locally."""
+
+    name: ClassVar[str] = "fastar"
+
+    weights: Path | None = param(None, help=".safetensors of a trained fastar network (its .json beside it), from cryoinverse train poser")
+    views: int = param(16, help="views per forward pass, the reference image included", validator=positive)
+    anchors: int = param(8, help="images searched globally to place the reference view's frame on the map", validator=positive)
+    refine: bool = param(True, help="refine the predicted poses locally with search (which also finds the shifts)")
+    refinements: int = param(4, help="local refinement rounds of search when refine is true (from about 7.5 degrees, halving)", validator=non_negative)
+    shift_range: float = param(10.0, help="largest in-plane shift searched, Å (each axis)", validator=non_negative)
+
+    _model: Any = attrs.field(default=None, init=False, repr=False)
+    _meta: dict | None = attrs.field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, meta: dict, **fields) -> "FastARPoser":
+        """A poser around an in-memory network; `meta` holds at least image_size and voxel_size."""
+        poser = cls(**fields)
+        poser._model, poser._meta = model, dict(meta)
+        return poser
+
+    def _network(self):
+        if self._model is None:
+            if self.weights is None:
+                raise SpecError("[poser] fastar: give weights = \"poser.safetensors\" (train one with `cryoinverse train poser`); no default network is shipped yet")
+            from cryoinverse.posers.fastar_train import load_poser
+
+            model, meta = load_poser(self.weights)
+            self._model, self._meta = model.eval(), dict(meta)
+        return self._model, self._meta
+
+    def predict(self, images: torch.Tensor, pixel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative rotations Q_i = R_i R_0^T (N, 3, 3) of all images, and the mean confidence of each (N,)."""
+        model, meta = self._network()
+        size = int(meta["image_size"])
+        x = _fit_images(images, pixel_size, float(meta.get("voxel_size", pixel_size)), size)
+        ref = x[:1]
+        rotations, confidences = [torch.eye(3, dtype=torch.float64)[None]], [torch.ones(1, dtype=torch.float64)]
+        step = max(1, self.views - 1)
+        with torch.no_grad():
+            for start in range(1, x.shape[0], step):
+                views = torch.cat([ref, x[start : start + step]])[None]
+                maps, conf = model(views)
+                q = rotations_from_planar_maps(maps[0].to(torch.float64), conf[0].to(torch.float64))
+                rotations.append(q[1:])
+                confidences.append(conf[0, 1:].mean(dim=(-2, -1)).to(torch.float64))
+        return torch.cat(rotations), torch.cat(confidences)
+
+    def estimate(self, images: torch.Tensor, volume: torch.Tensor, pixel_size: float, ctf: torch.Tensor | None = None, init: Poses | None = None) -> Poses:
+        """Poses of `images` (N, n, n) against `volume` (n, n, n): network, anchor searches, optional local refinement."""
+        from cryoinverse.posers.search import Search
+
+        if init is not None:  # poses given: the network adds nothing to a local refinement
+            return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=init)
+        q, _ = self.predict(images, pixel_size)
+        k = min(self.anchors, images.shape[0])
+        anchors = Search(shift_range=self.shift_range).estimate(images[:k], volume, pixel_size, None if ctf is None else ctf[:k])
+        candidates = q[:k].transpose(-1, -2) @ anchors.rotations  # R_0 = Q_j^T R_j
+        spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3))
+        r0 = candidates[spread.reshape(k, k).sum(dim=1).argmin()]
+        rotations = q @ r0
+        if not self.refine:
+            return Poses(rotations)
+        return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=Poses(rotations))
+
+
+@hookimpl
+def register_posers(register):
+    register(FastARPoser)
