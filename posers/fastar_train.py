@@ -1,0 +1,378 @@
+"""`cryoinverse train poser`: training of the FastAR learned poser on simulated projections (DESIGN.md section 10).
+
+Data: a folder of MRC maps, each resampled (Fourier crop/pad) to the training voxel size,
+cropped or zero-padded about its centre to the architecture's `image_size`^3, and scaled to unit
+maximum. Each step draws `batch_size` sets; a set is one random map seen from `views` uniform
+random rotations (`project_fourier`, band-limited "sinc" interpolation), optionally shifted by
+up to `shift_max` pixels, multiplied by a CTF (300 kV, Cs 2.7 mm, 10% amplitude contrast,
+defocus uniform in 0.8-2.5 um per view, pixel = voxel size) and given white Gaussian noise of
+variance var(image) / SNR, SNR log-uniform per set.
+
+The target of view i is its Fourier planar map in view 0's frame (`cryoinverse.planar`): it
+depends on the rotations only, so shifts are an augmentation the network must see past.
+Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR).
+
+Progressive schedule (CryoFastAR section "progressive training"), in fractions of `steps`:
+- until `clean_until`: 2 views, clean projections (stage 1);
+- views then rise linearly from 2 to `views`, reached at `views_full`;
+- noise starts at `noise_from`; the lowest SNR drawn falls log-linearly from `snr_max` to
+  `snr_min`, reached at `noise_full`;
+- the CTF is applied from `ctf_from` (with `--ctf`).
+Every set of a step has the same number of views; the schedule depends on the step only, so a
+resumed run draws exactly what an uninterrupted one does.
+
+Optimiser: AdamW (betas 0.9, 0.98) with linear warm-up (`priors.training._lr_at`), gradient
+clipping, an EMA of the weights (saved as the poser). Checkpoints (`checkpoint.pt`: model, EMA,
+optimiser, generator state, step, config) every `checkpoint_every` steps and at the end, written
+atomically; rerunning with the same `--out` resumes from it, bit-identically on the same device.
+`log.jsonl` gets step, mean loss, median rotation error (degrees; weighted Kabsch of the
+predicted maps vs the true R_i R_0^T, views 1.. of the batch), views, SNR floor, CTF, lr, time.
+Output: `poser.safetensors` (EMA weights) + `poser.json` (arch, network config, voxel size,
+training settings, maps); `load_poser` rebuilds the network from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import click
+import torch
+import torch.nn.functional as F
+
+from cryoinverse.errors import DataError, SpecError
+from cryoinverse.hookspecs import hookimpl
+from cryoinverse.mrc import read_volume
+from cryoinverse.params import one_of, param, positive
+from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
+from cryoinverse.priors.training import _lr_at, _save_checkpoint, train
+
+__all__ = ["PoserTrainConfig", "train_poser", "load_poser", "load_poser_maps", "simulate_sets", "stage_at"]
+
+DEFOCUS_RANGE_A = (8000.0, 25000.0)  # 0.8-2.5 um
+
+
+def _fraction(instance, attribute, value) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise SpecError(f"{attribute.name} = {value}: a fraction of the steps in [0, 1] is needed")
+
+
+@attrs.frozen
+class PoserTrainConfig:
+    """Settings of one poser training run (every field is a CLI option of `cryoinverse train poser`)."""
+
+    maps: Path = param(help="folder of MRC maps (*.mrc, *.map) to project")
+    out: Path = param(help="output folder: checkpoint.pt, poser.safetensors + poser.json, log.jsonl")
+    arch: str = param("tiny", help=f"network config name ({', '.join(CONFIGS)}; posers/fastar_model.py)", validator=one_of(*CONFIGS))
+    steps: int = param(1000, help="optimiser steps", validator=positive)
+    views: int = param(8, help="views per set at the end of the schedule (view 0 is the reference)", validator=positive)
+    batch_size: int = param(4, help="sets per step", validator=positive)
+    lr: float = param(3e-4, help="peak learning rate", validator=positive)
+    warmup: int = param(100, help="linear warm-up steps")
+    schedule: str = param("constant", help="learning rate after warm-up: constant, or cosine decay to 10% at the last step", validator=one_of("constant", "cosine"))
+    weight_decay: float = param(0.01, help="AdamW weight decay")
+    ema_decay: float = param(0.999, help="EMA decay of the saved weights")
+    grad_clip: float = param(1.0, help="gradient-norm clip")
+    alpha: float = param(0.2, help="weight of the -log(confidence) term of the loss")
+    snr_min: float = param(0.1, help="lowest SNR (signal variance / noise variance) drawn once noise is fully on", validator=positive)
+    snr_max: float = param(10.0, help="highest SNR drawn (SNR log-uniform per set); inf or 0: no noise at all")
+    ctf: bool = param(True, help="multiply projections by a random CTF (300 kV, defocus 0.8-2.5 um) from ctf_from on")
+    shift_max: float = param(0.0, help="random in-plane shifts up to this many pixels in x and y (0: none)")
+    voxel_size: float = param(3.0, help="voxel size in Angstrom the maps are resampled to (the pixel size of the images)", validator=positive)
+    clean_until: float = param(0.1, help="fraction of the steps with 2 clean views (stage 1)", validator=_fraction)
+    views_full: float = param(0.5, help="fraction of the steps at which the view count reaches --views", validator=_fraction)
+    noise_from: float = param(0.2, help="fraction of the steps from which noise is added", validator=_fraction)
+    noise_full: float = param(0.7, help="fraction of the steps at which the lowest SNR drawn reaches --snr-min", validator=_fraction)
+    ctf_from: float = param(0.3, help="fraction of the steps from which the CTF is applied", validator=_fraction)
+    seed: int = param(0, help="random seed")
+    device: str = param("auto", help="auto, cpu or cuda[:N]")
+    checkpoint_every: int = param(500, help="steps between checkpoints", validator=positive)
+    log_every: int = param(10, help="steps between log lines", validator=positive)
+
+
+@attrs.frozen
+class Stage:
+    """What the sets of one step look like."""
+
+    views: int
+    snr_floor: float  # lowest SNR drawn; inf: clean
+    ctf: bool
+
+
+def _noise_on(cfg: PoserTrainConfig) -> bool:
+    return math.isfinite(cfg.snr_max) and cfg.snr_max > 0
+
+
+def stage_at(step: int, cfg: PoserTrainConfig) -> Stage:
+    """The progressive schedule at optimiser step `step` (0-based); see the module docstring."""
+    t = step / cfg.steps
+
+    def ramp(start: float, end: float) -> float:  # 0 before start, 1 from end, linear between
+        if t >= end:
+            return 1.0
+        return max(0.0, (t - start) / (end - start)) if end > start else 0.0
+
+    if t < cfg.clean_until:
+        return Stage(views=min(2, cfg.views), snr_floor=math.inf, ctf=False)
+    views = min(2, cfg.views) + round(ramp(cfg.clean_until, cfg.views_full) * max(0, cfg.views - 2))
+    floor = math.inf
+    if _noise_on(cfg) and t >= cfg.noise_from:
+        lo, hi = math.log(min(cfg.snr_min, cfg.snr_max)), math.log(cfg.snr_max)
+        floor = math.exp(hi + ramp(cfg.noise_from, cfg.noise_full) * (lo - hi))
+    return Stage(views=views, snr_floor=floor, ctf=cfg.ctf and t >= cfg.ctf_from)
+
+
+def _fit_box(data: torch.Tensor, n: int) -> torch.Tensor:
+    """Crop or zero-pad a (z, y, x) map about its centre (index s // 2 -> n // 2) to n^3."""
+    for axis in range(3):
+        s = data.shape[axis]
+        if s > n:
+            start = s // 2 - n // 2
+            data = data.narrow(axis, start, n)
+        elif s < n:
+            before = n // 2 - s // 2
+            widths = [0, 0] * 3
+            widths[2 * (2 - axis)], widths[2 * (2 - axis) + 1] = before, n - s - before
+            data = F.pad(data, widths)
+    return data
+
+
+def load_poser_maps(folder: Path, voxel_size: float, n: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """Maps (n, n, n) at `voxel_size`, scaled to unit maximum, and a summary of what went in."""
+    from cryoinverse.resample import fourier_resample
+
+    paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".mrc", ".map"))
+    if not paths:
+        raise DataError(f"{folder}: no .mrc or .map files to train on")
+    maps, summary = [], []
+    for path in paths:
+        volume = read_volume(path)
+        if abs(volume.voxel_size - voxel_size) > 1e-3 * voxel_size:
+            volume = fourier_resample(volume, voxel_size)
+        data = _fit_box(volume.data.to(torch.float32), n)
+        peak = float(data.abs().max())
+        if not peak > 0:
+            raise DataError(f"{path}: the map is zero inside the central {n}^3 box at {voxel_size} A; it cannot be projected")
+        maps.append(data / peak)
+        summary.append({"file": path.name, "shape": list(volume.shape), "voxel_size": volume.voxel_size})
+    return maps, summary
+
+
+def simulate_sets(maps: list[torch.Tensor], stage: Stage, cfg: PoserTrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: images (B, V, n, n), rotations (B, V, 3, 3) and the lowest SNR of each set (B,), all on the CPU."""
+    from cryoinverse.ctf import CTFParams, ctf_grid
+    from cryoinverse.projection import project_fourier, shift_and_filter
+    from cryoinverse.rotations import random_rotations
+
+    b, v, n = cfg.batch_size, stage.views, maps[0].shape[0]
+    picks = torch.randint(0, len(maps), (b,), generator=generator)
+    rotations = random_rotations(b * v, generator).reshape(b, v, 3, 3)
+    images = torch.stack([project_fourier(maps[int(i)], rotations[k].to(torch.float32), interpolation="sinc") for k, i in enumerate(picks)])
+    shifts = filters = None
+    if cfg.shift_max > 0:
+        shifts = (torch.rand(b * v, 2, generator=generator, dtype=torch.float64) * 2 - 1) * cfg.shift_max
+    if stage.ctf:
+        defocus = DEFOCUS_RANGE_A[0] + torch.rand(b * v, generator=generator, dtype=torch.float64) * (DEFOCUS_RANGE_A[1] - DEFOCUS_RANGE_A[0])
+        filters = ctf_grid(CTFParams(defocus_u=defocus, defocus_v=defocus, voltage=300.0), n, cfg.voxel_size).to(torch.float32)
+    if shifts is not None or filters is not None:
+        images = shift_and_filter(images.reshape(b * v, n, n), shifts, filters).reshape(b, v, n, n)
+    snr = torch.full((b,), math.inf, dtype=torch.float64)
+    if math.isfinite(stage.snr_floor):
+        lo, hi = math.log(stage.snr_floor), math.log(cfg.snr_max)
+        snr = torch.exp(lo + torch.rand(b, generator=generator, dtype=torch.float64) * (hi - lo))
+        signal = images.reshape(b, -1).var(dim=1).to(torch.float64)
+        sigma = (signal / snr).sqrt().to(images.dtype).view(b, 1, 1, 1)
+        images = images + sigma * torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return images.to(torch.float32), rotations, snr
+
+
+def _median_rotation_error(maps: torch.Tensor, confidence: torch.Tensor, rotations: torch.Tensor) -> float:
+    """Median angle (degrees) between the rotations the planar maps give and the true R_i R_0^T, views 1.."""
+    from cryoinverse.planar import rotations_from_planar_maps
+    from cryoinverse.rotations import geodesic_distance
+
+    b, v = rotations.shape[:2]
+    if v < 2:
+        return float("nan")
+    with torch.no_grad():
+        found = rotations_from_planar_maps(maps[:, 1:].reshape(b * (v - 1), *maps.shape[2:]).double(), confidence[:, 1:].reshape(b * (v - 1), *confidence.shape[2:]).double())
+    truth = (rotations[:, 1:] @ rotations[:, :1].transpose(-1, -2)).reshape(-1, 3, 3)
+    return float(geodesic_distance(found.cpu(), truth).median())
+
+
+def _config_dict(cfg: PoserTrainConfig) -> dict:
+    return attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:  # weights_only: a checkpoint is tensors, numbers and strings; no file may run code here
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"{path}: holds more than tensors, numbers and strings, and is not loaded (it could run code); "
+            f"use another --out ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, progress=None, stop_after: int | None = None) -> Path:
+    """Train, checkpoint and save the EMA poser; returns the path of `poser.safetensors`.
+
+    `stop_after`: checkpoint and return after this many steps, as an interrupted run would (the
+    schedule still spans `cfg.steps`; no poser is written); rerun without it to finish.
+    """
+    from safetensors.torch import save_file
+
+    from cryoinverse.mrc import atomic_path
+    from cryoinverse.runner import resolve_device
+
+    device = resolve_device(cfg.device)
+    net_config = CONFIGS[cfg.arch]
+    maps, summary = load_poser_maps(cfg.maps, cfg.voxel_size, net_config.image_size)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from the process's RNG state
+        torch.manual_seed(cfg.seed)
+        model = FastAR(net_config).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = cfg.out / "checkpoint.pt"
+    step = 0
+    if checkpoint.exists():
+        state = _load_checkpoint(checkpoint, device)
+        if state["config"]["arch"] != cfg.arch:
+            raise SpecError(f"{checkpoint}: was trained with arch {state['config']['arch']!r}, not {cfg.arch!r}; use another --out")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        step = state["step"]
+        echo(f"resumed from {checkpoint} at step {step}")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    started, losses, errors = time.perf_counter(), [], []
+    with open(cfg.out / "log.jsonl", "a") as log:
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        while step < last:
+            stage = stage_at(step, cfg)
+            images, rotations, _ = simulate_sets(maps, stage, cfg, generator)
+            target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
+            for group in optimiser.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            with autocast:
+                pred, confidence = model(images.to(device))
+            loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimiser.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            losses.append(float(loss.detach()))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                errors = _median_rotation_error(pred.detach().float(), confidence.detach().float(), rotations)
+                entry = {
+                    "step": step, "loss": sum(losses) / len(losses), "rotation_error_deg": errors, "views": stage.views,
+                    "snr_floor": stage.snr_floor if math.isfinite(stage.snr_floor) else None, "ctf": stage.ctf,
+                    "lr": _lr_at(step - 1, cfg), "elapsed_s": time.perf_counter() - started,
+                }
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                losses = []
+            if progress is not None:
+                progress(1)
+            if step % cfg.checkpoint_every == 0 or step == last:
+                _save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                    "generator": generator.get_state(), "step": step, "config": _config_dict(cfg),
+                })
+    weights = cfg.out / "poser.safetensors"
+    if step < cfg.steps:
+        return weights
+    settings = _config_dict(cfg)
+    for key in ("maps", "out", "device"):
+        settings.pop(key)
+    meta = {
+        "arch": cfg.arch, "config": attrs.asdict(net_config), "voxel_size": cfg.voxel_size,
+        "training": {**settings, "snr_max": settings["snr_max"] if math.isfinite(cfg.snr_max) else None}, "maps": summary,
+    }
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp))
+    with atomic_path(weights.with_suffix(".json")) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+    return weights
+
+
+def _planar(rotations: torch.Tensor, n: int) -> torch.Tensor:
+    from cryoinverse.planar import planar_maps
+
+    return planar_maps(rotations, n).to(torch.float32)
+
+
+def load_poser(path: str | Path, device: str | torch.device = "cpu") -> tuple[FastAR, dict]:
+    """The EMA network of `train poser` (in eval mode) and its metadata, from poser.safetensors, poser.json or their folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "poser.safetensors"
+    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for p in (weights, meta_path):
+        if not p.exists():
+            raise DataError(f"{p}: not found; a trained poser is a .safetensors file with a .json beside it (cryoinverse train poser)")
+    meta = json.loads(meta_path.read_text())
+    try:
+        config = FastARConfig(**meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{meta_path}: no valid network config ({exc})") from None
+    model = FastAR(config)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise DataError(f"{weights}: the weights do not fit the network in {meta_path.name} ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), meta
+
+
+def _options_from(cls):
+    """click options from the attrs fields of `cls`; booleans become --name/--no-name switches."""
+
+    def decorate(fn):
+        for f in reversed(attrs.fields(cls)):
+            name = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if f.type in (bool, "bool"):
+                switch = f"{name}/--no-{f.name.replace('_', '-')}"
+                fn = click.option(switch, f.name, default=f.default, show_default=True, help=help_text)(fn)
+            elif f.default is attrs.NOTHING:
+                fn = click.option(name, f.name, required=True, type=click.Path(path_type=Path), help=help_text)(fn)
+            else:
+                kind = {int: int, float: float, str: str}.get(type(f.default), str)
+                fn = click.option(name, f.name, type=kind, default=f.default, show_default=True, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+@click.command("poser")
+@_options_from(PoserTrainConfig)
+def train_poser_command(**options) -> None:
+    """Train a FastAR poser on projections of a folder of maps; writes poser.safetensors + poser.json."""
+    from cryoinverse.progress import bar
+
+    cfg = PoserTrainConfig(**options)
+    with bar(cfg.steps, "train poser") as update:
+        weights = train_poser(cfg, echo=lambda s: click.echo(s, err=True), progress=update)
+    click.echo(f"wrote {weights} and {weights.with_suffix('.json')}")
+
+
+@hookimpl
+def register_commands(cli):
+    """Adds `poser` to the `train` group (which `cryoinverse.priors.training` adds to the CLI)."""
+    train.add_command(train_poser_command)

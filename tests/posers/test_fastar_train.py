@@ -1,0 +1,114 @@
+"""Poser training: simulated sets, progressive schedule, checkpoint/resume, the saved poser loading back, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from cryoinverse.posers.fastar_train import PoserTrainConfig, load_poser, load_poser_maps, simulate_sets, stage_at, train_poser
+from cryoinverse.testing import sample_density
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("maps")
+    for i in range(2):
+        with mrcfile.new(folder / f"m{i}.mrc") as mrc:
+            mrc.set_data(sample_density(32, seed=i)[0].numpy().astype(np.float32))
+            mrc.voxel_size = 1.5
+    return folder
+
+
+def _cfg(maps, out, **kw) -> PoserTrainConfig:
+    base = dict(maps=maps, out=out, arch="tiny", steps=12, views=4, batch_size=2, voxel_size=1.5, warmup=3, device="cpu",
+                checkpoint_every=6, log_every=3, shift_max=1.0, ema_decay=0.9)
+    return PoserTrainConfig(**{**base, **kw})
+
+
+def test_schedule_starts_with_two_clean_views_and_ends_with_everything(maps, tmp_path):
+    cfg = _cfg(maps, tmp_path, steps=100, views=8)
+    first, last = stage_at(0, cfg), stage_at(99, cfg)
+    assert (first.views, first.snr_floor, first.ctf) == (2, math.inf, False)
+    assert last.views == 8 and last.ctf and last.snr_floor == pytest.approx(cfg.snr_min)
+    views = [stage_at(s, cfg).views for s in range(100)]
+    assert views == sorted(views)  # never fewer views later
+    assert not math.isfinite(stage_at(99, _cfg(maps, tmp_path, snr_max=math.inf)).snr_floor)
+    assert not math.isfinite(stage_at(99, _cfg(maps, tmp_path, snr_max=0.0)).snr_floor)
+
+
+def test_simulated_sets_have_the_requested_snr_and_shapes(maps, tmp_path):
+    cfg = _cfg(maps, tmp_path, batch_size=3, shift_max=0.0, snr_min=0.5, snr_max=0.5)
+    volumes, summary = load_poser_maps(maps, cfg.voxel_size, 32)
+    assert [s["file"] for s in summary] == ["m0.mrc", "m1.mrc"] and volumes[0].shape == (32, 32, 32)
+    stage = stage_at(cfg.steps - 1, cfg)
+    clean, rotations, _ = simulate_sets(volumes, attrs_evolve(stage, snr_floor=math.inf), cfg, torch.Generator().manual_seed(1))
+    noisy, rotations2, snr = simulate_sets(volumes, stage, cfg, torch.Generator().manual_seed(1))
+    assert noisy.shape == (3, stage.views, 32, 32) and rotations.shape == (3, stage.views, 3, 3)
+    assert torch.equal(rotations, rotations2) and torch.allclose(snr, torch.full((3,), 0.5, dtype=torch.float64))
+    ratio = clean.reshape(3, -1).var(dim=1) / (noisy - clean).reshape(3, -1).var(dim=1)
+    assert torch.allclose(ratio, torch.full((3,), 0.5), rtol=0.1)
+
+
+def attrs_evolve(stage, **changes):
+    import attrs
+
+    return attrs.evolve(stage, **changes)
+
+
+def test_resumed_training_is_bit_identical_and_the_poser_loads(maps, tmp_path):
+    whole = train_poser(_cfg(maps, tmp_path / "whole"), echo=lambda s: None)
+    messages = []
+    train_poser(_cfg(maps, tmp_path / "split"), echo=messages.append, stop_after=5)  # between checkpoints
+    assert not (tmp_path / "split" / "poser.safetensors").exists()
+    split = train_poser(_cfg(maps, tmp_path / "split"), echo=messages.append)
+    assert messages == [f"resumed from {tmp_path / 'split' / 'checkpoint.pt'} at step 5"]
+    a, meta = load_poser(whole)
+    b, _ = load_poser(split.parent)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    a_ck = torch.load(whole.parent / "checkpoint.pt", weights_only=True)
+    b_ck = torch.load(split.parent / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a_ck["model"][k], b_ck["model"][k]) for k in a_ck["model"])
+
+    assert meta["arch"] == "tiny" and meta["config"]["image_size"] == 32 and meta["voxel_size"] == 1.5
+    assert [m["file"] for m in meta["maps"]] == ["m0.mrc", "m1.mrc"] and meta["training"]["steps"] == 12
+    # the loaded network is the saved EMA: same outputs as the checkpoint's EMA weights
+    from cryoinverse.posers.fastar_model import CONFIGS, FastAR
+
+    ema = FastAR(CONFIGS["tiny"]).eval()
+    ema.load_state_dict(a_ck["ema"])
+    images = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for x, y in zip(a(images), ema(images)):
+            assert torch.equal(x, y)
+
+    lines = [json.loads(line) for line in (whole.parent / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [3, 6, 9, 12]
+    assert all(math.isfinite(e["loss"]) and 0 <= e["rotation_error_deg"] <= 180 for e in lines)
+
+
+def test_a_checkpoint_that_could_run_code_is_refused(maps, tmp_path):
+    from cryoinverse.errors import DataError
+
+    out = tmp_path / "evil"
+    out.mkdir()
+    torch.save({"config": PoserTrainConfig}, out / "checkpoint.pt")  # pickles a class: not weights-only
+    with pytest.raises(DataError, match="could run code"):
+        train_poser(_cfg(maps, out), echo=lambda s: None)
+
+
+def test_cli_trains_a_poser(maps, tmp_path):
+    from click.testing import CliRunner
+
+    from cryoinverse.cli import build_cli
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(build_cli(), ["train", "poser", "--maps", str(maps), "--out", str(out), "--steps", "2", "--views", "3",
+                                       "--batch-size", "1", "--voxel-size", "1.5", "--no-ctf", "--device", "cpu", "--log-every", "1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "poser.safetensors").exists() and json.loads((out / "poser.json").read_text())["training"]["ctf"] is False
