@@ -35,7 +35,6 @@ DEFAULT_PLUGINS = (
     "cryoinverse.priors.cryofm",
     "cryoinverse.priors.training",
     "cryoinverse.posers.fastar_train",
-    "cryoinverse.posers.fastar_train",
 )
 
 _manager: pluggy.PluginManager | None = None
