@@ -112,3 +112,15 @@ def test_cli_trains_a_poser(maps, tmp_path):
                                        "--batch-size", "1", "--voxel-size", "1.5", "--no-ctf", "--device", "cpu", "--log-every", "1"])
     assert result.exit_code == 0, result.output
     assert (out / "poser.safetensors").exists() and json.loads((out / "poser.json").read_text())["training"]["ctf"] is False
+
+
+def test_the_logged_rotation_error_is_zero_for_the_true_planar_maps():
+    from cryoinverse.planar import planar_maps
+    from cryoinverse.posers.fastar_train import _median_rotation_error
+    from cryoinverse.rotations import random_rotations
+
+    rotations = random_rotations(12, torch.Generator().manual_seed(3)).reshape(3, 4, 3, 3)
+    truth = torch.stack([planar_maps(r, 16) for r in rotations]).float()
+    assert _median_rotation_error(truth, torch.ones(truth.shape[:-1]), rotations) < 0.05
+    shuffled = truth[:, [0, 2, 3, 1]]
+    assert _median_rotation_error(shuffled, torch.ones(truth.shape[:-1]), rotations) > 10
