@@ -73,25 +73,25 @@ class FlowPosteriorPosesearch:
     searches_poses: ClassVar[bool] = True
 
     steps: int = param(100, help="number of Euler steps from t = 0 to t = 1", validator=positive)
-    search_every: int = param(10, help="steps between pose searches against the current estimate", validator=positive)
+    search_every: int = param(10, help="steps between pose searches against the last posterior mean", validator=positive)
     start_resolution: float | None = param(None, help="frequency limit of the first pose search, Å (default: 5 x Nyquist)", validator=positive)
     final_resolution: float | None = param(None, help="frequency limit of the last pose search, Å (default: 1.25 x Nyquist)", validator=positive)
-    lam_base: float = param(2.0, help="guidance weight, per-voxel units of the prior (the gradient is normalised)", validator=non_negative)
-    lam_max: float = param(5.0, help="cap on (1 - t) / t in the weight lam_base min((1 - t) / t, lam_max)", validator=positive)
+    lam_base: float = param(2.0, help="correlation guidance: weight of the normalised gradient, per-voxel units of the prior", validator=non_negative)
+    lam_max: float = param(5.0, help="correlation guidance: cap on (1 - t) / t in the weight lam_base min((1 - t) / t, lam_max)", validator=positive)
     guidance: str = param(
         "wiener",
-        help="wiener: Gaussian likelihood combined with the prior per Fourier coefficient (A^T A taken as diagonal); "
+        help="wiener: the posterior mean of the prior's Gaussian view and the images' likelihood, by conjugate gradients; "
         "correlation / correlation-sg: normalised gradient of the correlation loss (Alg. 3; -sg holds the projection's norm constant)",
         validator=one_of("wiener", "correlation", "correlation-sg"),
     )
     regularization: float = param(
-        1e-3, help="wiener: floor on the noise variance as a fraction of the largest A^T A x prior variance (the diagonal approximation of A^T A is crude where slices are sparse)", validator=non_negative
+        1e-3, help="wiener: floor on the noise variance as a fraction of the largest diag(A^T A) x prior variance (clean images alone make the solve ill-posed)", validator=non_negative
     )
     cg_iterations: int = param(10, help="wiener: conjugate-gradient iterations of each posterior-mean solve (1: the Fourier-diagonal approximation of A^T A alone)", validator=positive)
     prior_error: float = param(4.0, help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's", validator=positive)
-    background_weight: float = param(0.5, help="weight of the background penalty (projection energy where the image is background)", validator=non_negative)
-    background_percentile: float = param(30.0, help="pixels below this percentile of an image's |y| are its background", validator=non_negative)
-    batch_images: int | None = param(None, help="images per gradient step (a random subset, scaled by N / batch); default all", validator=positive)
+    background_weight: float = param(0.5, help="correlation guidance: weight of the background penalty (projection energy where the image is background)", validator=non_negative)
+    background_percentile: float = param(30.0, help="correlation guidance: pixels below this percentile of an image's |y| are its background", validator=non_negative)
+    batch_images: int | None = param(None, help="images per step (a random subset, scaled by N / batch); default all", validator=positive)
 
     _poser: Any = attrs.field(default=None, init=False, repr=False)
     _poses: list = attrs.field(factory=list, init=False, repr=False)
