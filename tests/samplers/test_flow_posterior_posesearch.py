@@ -68,3 +68,10 @@ def test_needs_a_projection_operator():
     y = torch.zeros(8, 8, 8)
     with pytest.raises(SpecError, match="needs a projection operator"):
         FlowPosteriorPosesearch(steps=2).run(GaussianPrior(power=[1.0] * 14), Likelihood([Observation(SpectralNoise(noise_variance=1.0), y)]), torch.zeros(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("guidance", ["correlation", "correlation-sg"])
+def test_correlation_guidance_conforms(guidance):
+    from cryoinverse.testing import check_sampler
+
+    check_sampler(FlowPosteriorPosesearch(steps=4, search_every=2, guidance=guidance, batch_images=4))
