@@ -25,26 +25,10 @@ import torch
 from cryoinverse.errors import SpecError
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import non_negative, param, positive
+from cryoinverse.particles import resample_images
 from cryoinverse.planar import rotations_from_planar_maps
 from cryoinverse.poses import Poses
 from cryoinverse.rotations import geodesic_distance
-
-
-def _fit_images(images: torch.Tensor, pixel_size: float, voxel_size: float, size: int) -> torch.Tensor:
-    """Images (N, n, n) resampled to `voxel_size` (Fourier crop or pad) and cut or padded to size x size about the centre."""
-    from cryoinverse.particles import resample_images
-
-    x = images.to(torch.float64)
-    if abs(pixel_size - voxel_size) > 1e-3 * voxel_size:
-        x = resample_images(x, pixel_size, voxel_size)
-    n = x.shape[-1]
-    if n > size:
-        lo = n // 2 - size // 2
-        x = x[..., lo : lo + size, lo : lo + size]
-    elif n < size:
-        lo = size // 2 - n // 2
-        x = torch.nn.functional.pad(x, (lo, size - n - lo, lo, size - n - lo))
-    return x.to(torch.float32)
 
 
 @attrs.define
@@ -84,7 +68,7 @@ class FastARPoser:
         """Relative rotations Q_i = R_i R_0^T (N, 3, 3) of all images, and the mean confidence of each (N,)."""
         model, meta = self._network()
         size = int(meta["image_size"])
-        x = _fit_images(images, pixel_size, float(meta.get("voxel_size", pixel_size)), size)
+        x = resample_images(images.to(torch.float64), pixel_size, float(meta.get("voxel_size", pixel_size)), box=size).to(torch.float32)
         ref = x[:1]
         rotations, confidences = [torch.eye(3, dtype=torch.float64)[None]], [torch.ones(1, dtype=torch.float64)]
         step = max(1, self.views - 1)

@@ -48,10 +48,9 @@ import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.mrc import read_volume
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
-from cryoinverse.priors.training import _lr_at, _save_checkpoint, train
+from cryoinverse.priors.training import _lr_at, _options_from, _save_checkpoint, maps_in, train
 
 __all__ = ["PoserTrainConfig", "train_poser", "load_poser", "load_poser_maps", "simulate_sets", "stage_at"]
 
@@ -145,16 +144,8 @@ def _fit_box(data: torch.Tensor, n: int) -> torch.Tensor:
 
 def load_poser_maps(folder: Path, voxel_size: float, n: int) -> tuple[list[torch.Tensor], list[dict]]:
     """Maps (n, n, n) at `voxel_size`, scaled to unit maximum, and a summary of what went in."""
-    from cryoinverse.resample import fourier_resample
-
-    paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".mrc", ".map"))
-    if not paths:
-        raise DataError(f"{folder}: no .mrc or .map files to train on")
     maps, summary = [], []
-    for path in paths:
-        volume = read_volume(path)
-        if abs(volume.voxel_size - voxel_size) > 1e-3 * voxel_size:
-            volume = fourier_resample(volume, voxel_size)
+    for path, volume in maps_in(folder, voxel_size):
         data = _fit_box(volume.data.to(torch.float32), n)
         peak = float(data.abs().max())
         if not peak > 0:
@@ -338,26 +329,6 @@ def load_poser(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fa
     except RuntimeError as exc:
         raise DataError(f"{weights}: the weights do not fit the network in {meta_path.name} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), meta
-
-
-def _options_from(cls):
-    """click options from the attrs fields of `cls`; booleans become --name/--no-name switches."""
-
-    def decorate(fn):
-        for f in reversed(attrs.fields(cls)):
-            name = "--" + f.name.replace("_", "-")
-            help_text = f.metadata.get("help", "")
-            if f.type in (bool, "bool"):
-                switch = f"{name}/--no-{f.name.replace('_', '-')}"
-                fn = click.option(switch, f.name, default=f.default, show_default=True, help=help_text)(fn)
-            elif f.default is attrs.NOTHING:
-                fn = click.option(name, f.name, required=True, type=click.Path(path_type=Path), help=help_text)(fn)
-            else:
-                kind = {int: int, float: float, str: str}.get(type(f.default), str)
-                fn = click.option(name, f.name, type=kind, default=f.default, show_default=True, help=help_text)(fn)
-        return fn
-
-    return decorate
 
 
 @click.command("poser")

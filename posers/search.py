@@ -137,7 +137,7 @@ class Search:
         coarse_step = self.shift_range / count if count else 0.0
         limit = self.shift_range / pixel_size
         rotations, scores, shifts = [], [], []
-        for sl in self._batches(n_img, n, resolutions):
+        for sl in self._batches(n_img, n, 2 * count + 1):
             imgs = images[sl]
             c = None if ctf is None else ctf[sl]
             if init is None:
@@ -176,12 +176,11 @@ class Search:
         start = max(start, final)
         return torch.logspace(math.log10(start), math.log10(final), self.refinements + 1, dtype=torch.float64).tolist()
 
-    def _batches(self, n_img: int, n: int, resolutions: list[float]):
-        """Slices of images processed together, sized by `memory_gb` for the larger of the two stages."""
+    def _batches(self, n_img: int, n: int, shifts: int):
+        """Slices of images processed together, sized by `memory_gb` for the larger of the two stages (`shifts` per axis)."""
         rotations = 12 * 4**self.level * 6 * 2**self.level
-        count = 2 * math.ceil(self.shift_range / (self.shift_step or resolutions[0] / 8) - 1e-9) + 1 if self.shift_range > 0 else 1
         band = math.pi * (n / 2) ** 2 / 2  # the widest half disc
-        per_image = 4 * max(rotations * count * 3, 8 * self.keep * band * 8)  # bytes: score tables, candidate coefficients
+        per_image = 4 * max(rotations * shifts * 3, 8 * self.keep * band * 8)  # bytes: score tables, candidate coefficients
         size = max(1, int(self.memory_gb * 2**30 / per_image))
         for start in range(0, n_img, size):
             yield slice(start, min(n_img, start + size))

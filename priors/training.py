@@ -74,18 +74,24 @@ class TrainConfig:
     log_every: int = param(10, help="steps between log lines", validator=positive)
 
 
-def load_training_maps(folder: Path, voxel_size: float, box: int) -> tuple[list[torch.Tensor], list[dict]]:
-    """Normalised maps (each at least `box` per edge after padding) and a summary of what went in."""
+def maps_in(folder: Path, voxel_size: float):
+    """(path, volume at `voxel_size`) for every .mrc/.map file of `folder`, in name order; DataError if none."""
     from cryoinverse.resample import fourier_resample
 
     paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".mrc", ".map"))
     if not paths:
         raise DataError(f"{folder}: no .mrc or .map files to train on")
-    maps, summary = [], []
     for path in paths:
         volume = read_volume(path)
         if abs(volume.voxel_size - voxel_size) > 1e-3 * voxel_size:
             volume = fourier_resample(volume, voxel_size)
+        yield path, volume
+
+
+def load_training_maps(folder: Path, voxel_size: float, box: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """Normalised maps (each at least `box` per edge after padding) and a summary of what went in."""
+    maps, summary = [], []
+    for path, volume in maps_in(folder, voxel_size):
         z, scale = cryofm_normalize(volume.data)
         pad = [max(0, box - s) for s in z.shape]
         if any(pad):
@@ -268,13 +274,17 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
 
 
 def _options_from(cls):
-    """click options from the attrs fields of `cls` (name, type, default, help)."""
+    """click options from the attrs fields of `cls` (name, type, default, help); a boolean that defaults
+    to true becomes a --name/--no-name switch, one that defaults to false a flag."""
 
     def decorate(fn):
         for f in reversed(attrs.fields(cls)):
             name = "--" + f.name.replace("_", "-")
             help_text = f.metadata.get("help", "")
-            if f.type in (bool, "bool"):
+            if f.type in (bool, "bool") and f.default:
+                switch = f"{name}/--no-{f.name.replace('_', '-')}"
+                fn = click.option(switch, f.name, default=True, show_default=True, help=help_text)(fn)
+            elif f.type in (bool, "bool"):
                 fn = click.option(name, f.name, is_flag=True, default=f.default, help=help_text)(fn)
             elif f.default is attrs.NOTHING:
                 fn = click.option(name, f.name, required=True, type=click.Path(path_type=Path), help=help_text)(fn)
