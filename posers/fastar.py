@@ -64,22 +64,32 @@ class FastARPoser:
             self._model, self._meta = model.eval(), dict(meta)
         return self._model, self._meta
 
-    def predict(self, images: torch.Tensor, pixel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Relative rotations Q_i = R_i R_0^T (N, 3, 3) of all images, and the mean confidence of each (N,)."""
+    def predict(self, images: torch.Tensor, pixel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Relative rotations Q_i = R_i R_0^T (N, 3, 3) of all images, their shifts (N, 2) in Å and the mean confidence of each (N,)."""
         model, meta = self._network()
         size = int(meta["image_size"])
-        x = resample_images(images.to(torch.float64), pixel_size, float(meta.get("voxel_size", pixel_size)), box=size).to(torch.float32)
+        voxel = float(meta.get("voxel_size", pixel_size))
+        x = resample_images(images.to(torch.float64), pixel_size, voxel, box=size).to(torch.float32)
         ref = x[:1]
-        rotations, confidences = [torch.eye(3, dtype=torch.float64)[None]], [torch.ones(1, dtype=torch.float64)]
+        rotations, shifts, confidences = [torch.eye(3, dtype=torch.float64)[None]], [], [torch.ones(1, dtype=torch.float64)]
         step = max(1, self.views - 1)
         with torch.no_grad():
+            if x.shape[0] == 1:
+                shifts.append(model(ref[None]).shifts[0].to(torch.float64))
             for start in range(1, x.shape[0], step):
-                views = torch.cat([ref, x[start : start + step]])[None]
-                maps, conf = model(views)
-                q = rotations_from_planar_maps(maps[0].to(torch.float64), conf[0].to(torch.float64))
+                out = model(torch.cat([ref, x[start : start + step]])[None])
+                q = rotations_from_planar_maps(out.maps[0].to(torch.float64), out.confidence[0].to(torch.float64))
+                if start == 1:
+                    shifts.append(out.shifts[0, :1].to(torch.float64))
                 rotations.append(q[1:])
-                confidences.append(conf[0, 1:].mean(dim=(-2, -1)).to(torch.float64))
-        return torch.cat(rotations), torch.cat(confidences)
+                shifts.append(out.shifts[0, 1:].to(torch.float64))
+                confidences.append(out.confidence[0, 1:].mean(dim=(-2, -1)).to(torch.float64))
+        return torch.cat(rotations), torch.cat(shifts) * voxel, torch.cat(confidences)
+
+    def relative_poses(self, images: torch.Tensor, pixel_size: float) -> Poses:
+        """Poses of `images` (N, n, n) without a map, up to one global rotation (the first image's frame); scores are the network's mean confidences."""
+        q, shifts, confidence = self.predict(images, pixel_size)
+        return Poses(q, shifts=shifts, scores=confidence)
 
     def estimate(self, images: torch.Tensor, volume: torch.Tensor, pixel_size: float, ctf: torch.Tensor | None = None, init: Poses | None = None) -> Poses:
         """Poses of `images` (N, n, n) against `volume` (n, n, n): network, anchor searches, optional local refinement."""
@@ -87,16 +97,16 @@ class FastARPoser:
 
         if init is not None:  # poses given: the network adds nothing to a local refinement
             return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=init)
-        q, _ = self.predict(images, pixel_size)
+        q, shifts, _ = self.predict(images, pixel_size)
         k = min(self.anchors, images.shape[0])
         anchors = Search(shift_range=self.shift_range).estimate(images[:k], volume, pixel_size, None if ctf is None else ctf[:k])
         candidates = q[:k].transpose(-1, -2) @ anchors.rotations  # R_0 = Q_j^T R_j
         spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3))
         r0 = candidates[spread.reshape(k, k).sum(dim=1).argmin()]
-        rotations = q @ r0
+        predicted = Poses(q @ r0, shifts=shifts)
         if not self.refine:
-            return Poses(rotations)
-        return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=Poses(rotations))
+            return predicted
+        return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=predicted)
 
 
 @hookimpl

@@ -4,13 +4,15 @@ A ViT encoder, shared over the views, turns each image (normalised to zero mean 
 into patch tokens with learned positions. The decoder alternates view-integration blocks (every
 view's tokens cross-attend to the reference view's, the first view, which carries a learned
 embedding) and view-update blocks (self-attention within each view). A linear head gives, per
-pixel, the 3D planar-map coordinates (`cryoinverse.planar`) and a confidence c = 1 + exp(s).
-Attention is `torch.nn.functional.scaled_dot_product_attention`.
+pixel, the 3D planar-map coordinates (`cryoinverse.planar`) and a confidence c = 1 + exp(s). A
+translation head reads each view's mean token and predicts its in-plane shift. Attention is
+`torch.nn.functional.scaled_dot_product_attention`.
 
 The loss is CryoFastAR's (DUSt3R's) confidence-weighted regression,
     L = mean over pixels of  c |P - P*|^2 - alpha log c,
 so pixels the network cannot place (e.g. frequencies the CTF zeroes) learn a low confidence and
-weigh little in the weighted Kabsch that turns planar maps into rotations.
+weigh little in the weighted Kabsch that turns planar maps into rotations; plus `shift_weight`
+times the mean squared shift error in units of a quarter image (`FastAROutput.shifts`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FastARConfig", "CONFIGS", "FastAR", "planar_loss"]
+from typing import NamedTuple
+
+__all__ = ["FastARConfig", "CONFIGS", "FastAR", "FastAROutput", "planar_loss"]
+
+SHIFT_UNIT = 0.25  # shifts are predicted in units of a quarter of the image edge
+
+
+class FastAROutput(NamedTuple):
+    """What FastAR predicts for (B, V) views of n x n pixels."""
+
+    maps: torch.Tensor  # (B, V, n, n, 3) planar maps in the reference view's frame
+    confidence: torch.Tensor  # (B, V, n, n) >= 1
+    shifts: torch.Tensor  # (B, V, 2) in-plane shifts (x, y), pixels; content moved by +shift
 
 
 @attrs.frozen
@@ -84,7 +98,7 @@ class _Block(nn.Module):
 
 
 class FastAR(nn.Module):
-    """Views (B, V, n, n) -> planar maps (B, V, n, n, 3) and confidences (B, V, n, n); view 0 is the reference."""
+    """Views (B, V, n, n) -> `FastAROutput` (planar maps, confidences, shifts); view 0 is the reference."""
 
     def __init__(self, config: FastARConfig):
         super().__init__()
@@ -97,9 +111,10 @@ class FastAR(nn.Module):
         self.integrate = nn.ModuleList(_Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.decoder_depth))
         self.update = nn.ModuleList(_Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.decoder_depth))
         self.norm = nn.LayerNorm(c.dim)
+        self.shift = nn.Linear(c.dim, 2)
         self.head = nn.Linear(c.dim, c.patch * c.patch * 4)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> FastAROutput:
         c = self.config
         b, v, n, _ = images.shape
         if n != c.image_size:
@@ -116,13 +131,23 @@ class FastAR(nn.Module):
             ref = tokens[:, :1].expand(b, v, t, c.dim).reshape(b * v, t, c.dim)
             flat = integrate(tokens.reshape(b * v, t, c.dim), context=ref)
             tokens = update(flat).reshape(b, v, t, c.dim)
-        out = self.head(self.norm(tokens))  # (B, V, T, p p 4)
+        tokens = self.norm(tokens)
+        shifts = self.shift(tokens.mean(dim=2)) * (SHIFT_UNIT * n)
+        out = self.head(tokens)  # (B, V, T, p p 4)
         g = n // c.patch
         out = out.reshape(b, v, g, g, c.patch, c.patch, 4).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, v, n, n, 4)
-        return out[..., :3], 1.0 + torch.exp(out[..., 3].clamp(max=20.0))
+        return FastAROutput(out[..., :3], 1.0 + torch.exp(out[..., 3].clamp(max=20.0)), shifts)
 
 
-def planar_loss(maps: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, alpha: float = 0.2) -> torch.Tensor:
-    """mean of c |P - P*|^2 - alpha log c (the reference view, whose planar map is fixed, included)."""
+def planar_loss(
+    maps: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, alpha: float = 0.2,
+    shifts: torch.Tensor | None = None, target_shifts: torch.Tensor | None = None, shift_weight: float = 1.0,
+) -> torch.Tensor:
+    """mean of c |P - P*|^2 - alpha log c (the reference view, whose planar map is fixed, included),
+    plus shift_weight times the mean |s - s*|^2 in quarter images when shifts are given."""
     err = (maps - target).square().sum(dim=-1)
-    return (confidence * err - alpha * torch.log(confidence)).mean()
+    loss = (confidence * err - alpha * torch.log(confidence)).mean()
+    if shifts is not None and target_shifts is not None:
+        unit = SHIFT_UNIT * maps.shape[-2]
+        loss = loss + shift_weight * ((shifts - target_shifts) / unit).square().sum(dim=-1).mean()
+    return loss

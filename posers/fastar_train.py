@@ -8,8 +8,8 @@ up to `shift_max` pixels, multiplied by a CTF (300 kV, Cs 2.7 mm, 10% amplitude 
 defocus uniform in 0.8-2.5 um per view, pixel = voxel size) and given white Gaussian noise of
 variance var(image) / SNR, SNR log-uniform per set.
 
-The target of view i is its Fourier planar map in view 0's frame (`cryoinverse.planar`): it
-depends on the rotations only, so shifts are an augmentation the network must see past.
+The target of view i is its Fourier planar map in view 0's frame (`cryoinverse.planar`), which
+depends on the rotations only, and its shift (pixels), which the translation head predicts.
 Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR).
 
 Progressive schedule (CryoFastAR section "progressive training"), in fractions of `steps`:
@@ -26,7 +26,8 @@ clipping, an EMA of the weights (saved as the poser). Checkpoints (`checkpoint.p
 optimiser, generator state, step, config) every `checkpoint_every` steps and at the end, written
 atomically; rerunning with the same `--out` resumes from it, bit-identically on the same device.
 `log.jsonl` gets step, mean loss, median rotation error (degrees; weighted Kabsch of the
-predicted maps vs the true R_i R_0^T, views 1.. of the batch), views, SNR floor, CTF, lr, time.
+predicted maps vs the true R_i R_0^T, views 1.. of the batch), median shift error (pixels, all
+views), views, SNR floor, CTF, lr, time.
 Output: `poser.safetensors` (EMA weights) + `poser.json` (arch, network config, voxel size,
 training settings, maps); `load_poser` rebuilds the network from them.
 """
@@ -79,6 +80,7 @@ class PoserTrainConfig:
     ema_decay: float = param(0.999, help="EMA decay of the saved weights")
     grad_clip: float = param(1.0, help="gradient-norm clip")
     alpha: float = param(0.2, help="weight of the -log(confidence) term of the loss")
+    shift_weight: float = param(1.0, help="weight of the shift term of the loss (squared error in quarter images)")
     snr_min: float = param(0.1, help="lowest SNR (signal variance / noise variance) drawn once noise is fully on", validator=positive)
     snr_max: float = param(10.0, help="highest SNR drawn (SNR log-uniform per set); inf or 0: no noise at all")
     ctf: bool = param(True, help="multiply projections by a random CTF (300 kV, defocus 0.8-2.5 um) from ctf_from on")
@@ -155,8 +157,8 @@ def load_poser_maps(folder: Path, voxel_size: float, n: int) -> tuple[list[torch
     return maps, summary
 
 
-def simulate_sets(maps: list[torch.Tensor], stage: Stage, cfg: PoserTrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch: images (B, V, n, n), rotations (B, V, 3, 3) and the lowest SNR of each set (B,), all on the CPU."""
+def simulate_sets(maps: list[torch.Tensor], stage: Stage, cfg: PoserTrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: images (B, V, n, n), rotations (B, V, 3, 3), shifts (B, V, 2) in pixels (x, y) and the SNR of each set (B,), on the CPU."""
     from cryoinverse.ctf import CTFParams, ctf_grid
     from cryoinverse.projection import project_fourier, shift_and_filter
     from cryoinverse.rotations import random_rotations
@@ -180,7 +182,8 @@ def simulate_sets(maps: list[torch.Tensor], stage: Stage, cfg: PoserTrainConfig,
         signal = images.reshape(b, -1).var(dim=1).to(torch.float64)
         sigma = (signal / snr).sqrt().to(images.dtype).view(b, 1, 1, 1)
         images = images + sigma * torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    return images.to(torch.float32), rotations, snr
+    shifts = torch.zeros(b, v, 2, dtype=torch.float32) if shifts is None else shifts.reshape(b, v, 2).to(torch.float32)
+    return images.to(torch.float32), rotations, shifts, snr
 
 
 def _median_rotation_error(maps: torch.Tensor, confidence: torch.Tensor, rotations: torch.Tensor) -> float:
@@ -250,13 +253,13 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
         last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         while step < last:
             stage = stage_at(step, cfg)
-            images, rotations, _ = simulate_sets(maps, stage, cfg, generator)
+            images, rotations, shifts, _ = simulate_sets(maps, stage, cfg, generator)
             target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             with autocast:
-                pred, confidence = model(images.to(device))
-            loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha)
+                pred, confidence, pred_shifts = model(images.to(device))
+            loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -269,8 +272,9 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
             losses.append(float(loss.detach()))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 errors = _median_rotation_error(pred.detach().float(), confidence.detach().float(), rotations)
+                shift_error = float((pred_shifts.detach().float().cpu() - shifts).norm(dim=-1).median())
                 entry = {
-                    "step": step, "loss": sum(losses) / len(losses), "rotation_error_deg": errors, "views": stage.views,
+                    "step": step, "loss": sum(losses) / len(losses), "rotation_error_deg": errors, "shift_error_px": shift_error, "views": stage.views,
                     "snr_floor": stage.snr_floor if math.isfinite(stage.snr_floor) else None, "ctf": stage.ctf,
                     "lr": _lr_at(step - 1, cfg), "elapsed_s": time.perf_counter() - started,
                 }

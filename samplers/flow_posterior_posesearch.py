@@ -17,8 +17,9 @@ fraction of the projection's energy on the image's background, the pixels whose 
 The pose search of step j uses the frequency limit `start_resolution` (first search) rising
 geometrically to `final_resolution` (last): early estimates are blurred and only their low
 frequencies say anything about the poses. Before the first search (at step `search_every`) the
-poses are those the operator holds (from a STAR file: the sampler then refines them), else
-uniform random rotations drawn from the sampler's generator.
+poses are those the operator holds (from a STAR file: the sampler then refines them); else, when
+the poser can place images without a map (`relative_poses`, as `fastar` does), its poses, which
+fix the map's frame; else uniform random rotations drawn from the sampler's generator.
 
 `guidance = "wiener"` (default) replaces the gradient by the posterior mean under a Gaussian
 view of the prior's estimate: with V the per-coefficient variance of x1 | x_t (the prior's
@@ -187,6 +188,9 @@ class FlowPosteriorPosesearch:
         given = Poses(op.rotations, shifts=op.shifts) if getattr(op, "has_poses", False) else None
         if given is not None:  # poses given (a STAR file): refine from them
             poses = [given for _ in range(init.shape[0])]
+        elif hasattr(self._poser, "relative_poses"):  # a map-free poser: its poses up to a global rotation
+            first = self._poser.relative_poses(images_cpu, pixel)
+            poses = [Poses(first.rotations) for _ in range(init.shape[0])]
         else:
             poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
         x = init

@@ -8,6 +8,7 @@ import torch
 from cryoinverse.errors import SpecError
 from cryoinverse.planar import planar_maps
 from cryoinverse.posers.fastar import FastARPoser
+from cryoinverse.posers.fastar_model import FastAROutput
 from cryoinverse.poses import Poses, pose_metrics
 from cryoinverse.projection import project_fourier
 from cryoinverse.rotations import random_rotations
@@ -18,11 +19,12 @@ N, PIXEL, COUNT = 24, 2.0, 20
 
 
 class _Oracle(torch.nn.Module):
-    """Returns the planar maps of known rotations, optionally nudged, for the views in the order the poser asks."""
+    """Returns the planar maps (and shifts, pixels) of known poses, rotations optionally nudged, for the views in the order the poser asks."""
 
-    def __init__(self, rotations: torch.Tensor, views: int, nudge: float = 0.0):
+    def __init__(self, rotations: torch.Tensor, views: int, nudge: float = 0.0, shifts_px: torch.Tensor | None = None):
         super().__init__()
         self.rotations, self.views, self.calls = rotations, views, 0
+        self.shifts = torch.zeros(rotations.shape[0], 2) if shifts_px is None else shifts_px.float()
         g = torch.Generator().manual_seed(5)
         self.noise = axis_angle_to_matrix(torch.randn(rotations.shape[0], 3, generator=g, dtype=torch.float64) * nudge)
 
@@ -32,7 +34,7 @@ class _Oracle(torch.nn.Module):
         idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + views.shape[1] - 1)])
         rot = self.rotations[idx] @ self.noise[idx]
         maps = planar_maps(rot, views.shape[-1]).to(torch.float32)[None]
-        return maps, torch.ones(maps.shape[:-1])
+        return FastAROutput(maps, torch.ones(maps.shape[:-1]), self.shifts[idx][None])
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +49,22 @@ def problem():
 def test_exact_predictions_are_placed_on_the_map_and_refined(problem):
     volume, rotations, shifts, images = problem
     meta = {"image_size": N, "voxel_size": PIXEL}
-    raw = FastARPoser.from_model(_Oracle(rotations, 8), meta, views=8, anchors=4, refine=False).estimate(images, volume, PIXEL)
+    raw = FastARPoser.from_model(_Oracle(rotations, 8, shifts_px=shifts / PIXEL), meta, views=8, anchors=4, refine=False).estimate(images, volume, PIXEL)
     # exact relative rotations: the only error is the reference pose from the anchors (their search error, ~1-2 degrees)
-    assert pose_metrics(raw, Poses(rotations), align=False)["rotation_error_median_deg"] < 3.0  # measured 2.3
+    m = pose_metrics(raw, Poses(rotations, shifts=shifts), align=False)
+    assert m["rotation_error_median_deg"] < 3.0 and m["shift_error_mean_A"] < 1e-6  # measured 2.3; the head's shifts pass through in Å
     est = FastARPoser.from_model(_Oracle(rotations, 8, nudge=0.05), meta, views=8, anchors=4, shift_range=6.0).estimate(images, volume, PIXEL)
     m = pose_metrics(est, Poses(rotations, shifts=shifts), align=False)
     # predictions ~5 degrees off are refined to below 1.5 degrees, shifts found
     assert m["rotation_error_median_deg"] < 1.5 and m["shift_error_mean_A"] < 0.5
+
+
+def test_relative_poses_need_no_map(problem):
+    _, rotations, shifts, images = problem
+    meta = {"image_size": N, "voxel_size": PIXEL}
+    rel = FastARPoser.from_model(_Oracle(rotations, 8, shifts_px=shifts / PIXEL), meta, views=8).relative_poses(images, PIXEL)
+    truth = rotations @ rotations[:1].transpose(-1, -2)  # R_i R_0^T: the first image's frame
+    assert torch.allclose(rel.rotations, truth, atol=1e-5) and torch.allclose(rel.shifts, shifts, atol=1e-5)
 
 
 def test_without_weights_it_says_what_to_do(problem):

@@ -49,14 +49,14 @@ def test_a_tiny_network_overfits_a_tiny_set():
 
     def median_error() -> float:
         with torch.no_grad():
-            maps, conf = model(images)
+            maps, conf, _ = model(images)
             est = torch.stack([rotations_from_planar_maps(m.double(), c.double()) for m, c in zip(maps, conf)])
         return float(geodesic_distance(est[:, 1:].reshape(-1, 3, 3), relative[:, 1:].reshape(-1, 3, 3)).median())
 
     before = median_error()
     losses = []
     for _ in range(400):
-        maps, conf = model(images)
+        maps, conf, _ = model(images)
         loss = planar_loss(maps, conf, target)
         opt.zero_grad()
         loss.backward()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -30,11 +31,11 @@ def stack():
     return volume, rotations, images
 
 
-def _run(stack, sampler, given=None):
+def _run(stack, sampler, given=None, poser=None):
     volume, rotations, images = stack
     op = Projection.from_poses(rotations, pixel_size=PIXEL, noise_variance=1e-6, images=images)
     op.set_poses(given)
-    ctx = PrepareContext(shape=(N,) * 3, voxel_size=PIXEL, device=torch.device("cpu"), operators=[op], poser=Search(shift_range=0.0))
+    ctx = PrepareContext(shape=(N,) * 3, voxel_size=PIXEL, device=torch.device("cpu"), operators=[op], poser=poser or Search(shift_range=0.0))
     prior = GaussianPrior()
     prior.prepare(ctx)  # the spectrum from the images (projection.signal_power)
     sampler.prepare(ctx)
@@ -53,6 +54,28 @@ def test_refines_poses_given_about_12_degrees_off(stack):
     assert before > 12.0 and after["rotation_error_median_deg"] < 5.0
     assert auc > 0.6
     torch.testing.assert_close(op.rotations, nudged)  # the operator keeps what it was given
+
+
+@attrs.define
+class _MapFree(Search):
+    """`search` plus map-free poses (as `fastar` gives): known rotations in the first image's frame, nudged."""
+
+    relative: torch.Tensor | None = None
+    calls: int = 0
+
+    def relative_poses(self, images, pixel_size):
+        self.calls += 1
+        return Poses(self.relative)
+
+
+def test_starts_from_a_map_free_posers_poses(stack):
+    _, rotations, _ = stack
+    nudge = axis_angle_to_matrix(torch.randn(COUNT, 3, generator=torch.Generator().manual_seed(25), dtype=torch.float64) * 0.12)
+    relative = rotations @ rotations[:1].transpose(-1, -2) @ nudge  # the frame of image 0, ~12 degrees off
+    poser = _MapFree(shift_range=0.0, relative=relative)
+    _, auc, after = _run(stack, FlowPosteriorPosesearch(steps=20, search_every=4, start_resolution=12.0), poser=poser)
+    # as from given poses ~12 degrees off (the test above); from random poses the map stays near chance
+    assert poser.calls == 1 and after["rotation_error_median_deg"] < 5.0 and auc > 0.6
 
 
 def test_ab_initio_from_random_poses_on_a_small_stack(stack):
