@@ -7,15 +7,23 @@ reference's own pose R_0 ties that frame to the map: the first `anchors` images 
 globally with `search`, each gives a candidate R_0 = Q_j^T R_j, and the candidate nearest to the
 others (the smallest sum of geodesic distances) wins, so one badly searched image cannot spoil
 it. Then R_i = Q_i R_0 for all images and, with `refine`, `search` refines them locally
-(`init`), which also finds the shifts.
+(`init`), from the translation head's shifts.
+
+The anchors also check the network: were its relative rotations right, every candidate R_0 would
+be the same. When the candidates lie a median of more than `agreement` degrees from the chosen
+one, the network does not know these images (another kind of particle, another pixel size, more
+noise than it was trained on), and with `fallback` the poser warns and searches every image
+globally instead, so a network that fails costs time, never accuracy.
 
 The network sees images resampled to its voxel size and cut or padded to its image size (from
 the weights' JSON). Weights: `weights` (a .safetensors with its .json, from `cryoinverse train
-poser`); no default network is shipped yet, so `weights` must be given.
+poser`); without them, the network shipped with the package (`DEFAULT_WEIGHTS`, described in
+posers/data/README.md).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +38,8 @@ from cryoinverse.planar import rotations_from_planar_maps
 from cryoinverse.poses import Poses
 from cryoinverse.rotations import geodesic_distance
 
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "default.safetensors"
+
 
 @attrs.define
 class FastARPoser:
@@ -37,12 +47,14 @@ class FastARPoser:
 
     name: ClassVar[str] = "fastar"
 
-    weights: Path | None = param(None, help=".safetensors of a trained fastar network (its .json beside it), from cryoinverse train poser")
+    weights: Path | None = param(None, help=".safetensors of a trained fastar network (its .json beside it), from cryoinverse train poser; default: the shipped network")
     views: int = param(16, help="views per forward pass, the reference image included", validator=positive)
     anchors: int = param(8, help="images searched globally to place the reference view's frame on the map", validator=positive)
     refine: bool = param(True, help="refine the predicted poses locally with search (which also finds the shifts)")
     refinements: int = param(4, help="local refinement rounds of search when refine is true (from about 7.5 degrees, halving)", validator=non_negative)
     shift_range: float = param(10.0, help="largest in-plane shift searched, Å (each axis)", validator=non_negative)
+    agreement: float = param(10.0, help="largest median spread (degrees) of the anchors' reference poses for the network's poses to be trusted", validator=positive)
+    fallback: bool = param(True, help="when the anchors disagree by more than `agreement`, warn and search every image globally")
 
     _model: Any = attrs.field(default=None, init=False, repr=False)
     _meta: dict | None = attrs.field(default=None, init=False, repr=False)
@@ -56,11 +68,12 @@ class FastARPoser:
 
     def _network(self):
         if self._model is None:
-            if self.weights is None:
-                raise SpecError("[poser] fastar: give weights = \"poser.safetensors\" (train one with `cryoinverse train poser`); no default network is shipped yet")
+            weights = DEFAULT_WEIGHTS if self.weights is None else self.weights
+            if self.weights is None and not DEFAULT_WEIGHTS.exists():
+                raise SpecError(f"[poser] fastar: the shipped network {DEFAULT_WEIGHTS} is missing; give weights = \"poser.safetensors\" (train one with `cryoinverse train poser`)")
             from cryoinverse.posers.fastar_train import load_poser
 
-            model, meta = load_poser(self.weights)
+            model, meta = load_poser(weights)
             self._model, self._meta = model.eval(), dict(meta)
         return self._model, self._meta
 
@@ -101,8 +114,17 @@ class FastARPoser:
         k = min(self.anchors, images.shape[0])
         anchors = Search(shift_range=self.shift_range).estimate(images[:k], volume, pixel_size, None if ctf is None else ctf[:k])
         candidates = q[:k].transpose(-1, -2) @ anchors.rotations  # R_0 = Q_j^T R_j
-        spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3))
-        r0 = candidates[spread.reshape(k, k).sum(dim=1).argmin()]
+        spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3)).reshape(k, k)
+        best = int(spread.sum(dim=1).argmin())
+        r0 = candidates[best]
+        disagreement = float(spread[best].median())
+        if k > 1 and disagreement > self.agreement and self.fallback:
+            warnings.warn(
+                f"[poser] fastar: the network's poses disagree with {k} global searches (median {disagreement:.0f} degrees > agreement {self.agreement:g}); "
+                "searching every image globally instead",
+                stacklevel=2,
+            )
+            return Search(shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf)
         predicted = Poses(q @ r0, shifts=shifts)
         if not self.refine:
             return predicted

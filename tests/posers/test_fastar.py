@@ -67,8 +67,23 @@ def test_relative_poses_need_no_map(problem):
     assert torch.allclose(rel.rotations, truth, atol=1e-5) and torch.allclose(rel.shifts, shifts, atol=1e-5)
 
 
-def test_without_weights_it_says_what_to_do(problem):
+def test_a_network_that_disagrees_with_the_anchors_falls_back_to_global_search(problem):
+    volume, rotations, shifts, images = problem
+    meta = {"image_size": N, "voxel_size": PIXEL}
+    wrong = random_rotations(COUNT, torch.Generator().manual_seed(30))  # a network that knows nothing
+    with pytest.warns(UserWarning, match="searching every image globally"):
+        est = FastARPoser.from_model(_Oracle(wrong, 8), meta, views=8, anchors=4, shift_range=6.0).estimate(images, volume, PIXEL)
+    assert pose_metrics(est, Poses(rotations), align=False)["rotation_error_median_deg"] < 3.0
+    # without the fallback the same network's poses stay wrong
+    raw = FastARPoser.from_model(_Oracle(wrong, 8), meta, views=8, anchors=4, fallback=False, refine=False).estimate(images, volume, PIXEL)
+    assert pose_metrics(raw, Poses(rotations), align=False)["rotation_error_median_deg"] > 60.0
+
+
+def test_without_weights_or_a_shipped_network_it_says_what_to_do(problem, monkeypatch, tmp_path):
+    import cryoinverse.posers.fastar as fastar
+
     volume, _, _, images = problem
+    monkeypatch.setattr(fastar, "DEFAULT_WEIGHTS", tmp_path / "missing.safetensors")
     with pytest.raises(SpecError, match="train one with `cryoinverse train poser`"):
         FastARPoser().estimate(images, volume, PIXEL)
 
