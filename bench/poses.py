@@ -1,11 +1,15 @@
-"""Pose search on particle stacks simulated from held-out models: accuracy and time of poser `search`.
+"""Posers on particle stacks simulated from held-out models: accuracy and time of `search` and `fastar`.
 
 Each held-out model (bench/default_prior_heldout.txt) is simulated at `--pixel` Å on an `--box`^3
 grid; `--images` projections with uniform random rotations, shifts of up to +-4 pixels and a CTF
 (defocus 0.8-2.5 µm, 300 kV) get white noise at each `--snr` (signal variance over noise
-variance; 0 = no noise). `search` estimates the poses against the clean map; printed per SNR:
-median rotation error (degrees), fraction within 5 degrees, mean shift error (Å) and wall time,
-over the maps.
+variance; 0 = no noise). Each poser of `--posers` estimates the poses against the clean map:
+`search` (global), `fastar` (the network's poses placed on the map by its anchor searches, no
+refinement, no fallback), `fastar+refine` (then local `search`, no fallback) and `fastar-default`
+(the poser as a task gets it: refinement and the fallback to global search). Printed per SNR and
+poser: median rotation error (degrees), fraction within 5 degrees, mean shift error (Å) and wall
+time, averaged over the maps, and for fastar rows the network's own median error (its relative
+poses after the best global rotation, no map involved).
 
 With `--ab-initio COUNT`, `flow-posterior-posesearch` (gaussian prior, spectrum from the images)
 also makes a map from COUNT clean projections (no CTF, no shifts) of each model at `--ab-box`,
@@ -14,6 +18,7 @@ of the map aligned to the truth (mirror allowed), the median pose error and the 
 
   python bench/poses.py                          # 3 held-out models, 200 images of 64 px, SNR inf, 1, 0.1
   python bench/poses.py --images 1000 --maps 1
+  python bench/poses.py --posers search fastar fastar+refine --fastar-weights poser.safetensors
   python bench/poses.py --snr --ab-initio 60 --ab-box 32 --ab-pixel 4   # ab initio only
 """
 
@@ -29,6 +34,7 @@ import torch
 
 from cryoinverse.atoms import read_atoms
 from cryoinverse.ctf import CTFParams, ctf_grid
+from cryoinverse.posers.fastar import FastARPoser
 from cryoinverse.posers.search import Search
 from cryoinverse.poses import Poses, pose_metrics
 from cryoinverse.projection import project_fourier, shift_and_filter
@@ -52,6 +58,14 @@ def stack(volume: torch.Tensor, count: int, pixel: float, snr: float, seed: int)
     return clean, ctf, Poses(rotations, shifts=shifts)
 
 
+POSERS = {
+    "search": lambda shift, weights: Search(shift_range=shift),
+    "fastar": lambda shift, weights: FastARPoser(weights=weights, shift_range=shift, refine=False, fallback=False),
+    "fastar+refine": lambda shift, weights: FastARPoser(weights=weights, shift_range=shift, fallback=False),
+    "fastar-default": lambda shift, weights: FastARPoser(weights=weights, shift_range=shift),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--maps", type=int, default=3, help="held-out models to use")
@@ -59,6 +73,8 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=64, help="image and map edge (pixels)")
     parser.add_argument("--pixel", type=float, default=2.0, help="pixel size (Å)")
     parser.add_argument("--snr", type=float, nargs="*", default=[0.0, 1.0, 0.1], help="signal-to-noise ratios (0: no noise)")
+    parser.add_argument("--posers", nargs="*", default=["search", "fastar", "fastar+refine"], choices=list(POSERS), help="posers to compare")
+    parser.add_argument("--fastar-weights", type=Path, default=None, help="fastar network (default: the shipped one)")
     parser.add_argument("--ab-initio", type=int, default=0, help="clean projections per ab initio run (0: none)")
     parser.add_argument("--ab-box", type=int, default=32, help="ab initio map edge (voxels)")
     parser.add_argument("--ab-pixel", type=float, default=4.0, help="ab initio voxel size (Å)")
@@ -66,20 +82,25 @@ def main() -> None:
     args = parser.parse_args()
     ids = [ln.strip() for ln in (HERE / "default_prior_heldout.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     models = HERE.parent.parent / "shared" / "data" / "models"
-    print(f"{'SNR':>6s} {'maps':>4s} {'median err (deg)':>16s} {'within 5 deg':>12s} {'shift err (A)':>13s} {'time (s)':>9s}  ({args.images} images of {args.box} px at {args.pixel} A)")
+    print(f"{'SNR':>6s} {'poser':>14s} {'maps':>4s} {'median err (deg)':>16s} {'within 5 deg':>12s} {'shift err (A)':>13s} {'time (s)':>9s} {'network err':>11s}  ({args.images} images of {args.box} px at {args.pixel} A, {torch.get_num_threads()} threads)")
     for snr in args.snr:
-        rows = []
-        for i, ident in enumerate(ids[: args.maps]):
-            volume = simulate_density(read_atoms(models / f"{ident}.pdb"), args.box, args.pixel, bfactor=60.0).data.double()
-            images, ctf, truth = stack(volume, args.images, args.pixel, snr, seed=i)
-            t0 = time.perf_counter()
-            est = Search(shift_range=4 * args.pixel).estimate(images, volume, args.pixel, ctf=ctf)
-            wall = time.perf_counter() - t0
-            m = pose_metrics(est, truth, align=False)
-            rows.append((m["rotation_error_median_deg"], m["within_5_deg"], m["shift_error_mean_A"], wall))
-        a = np.array(rows).mean(axis=0)
-        label = "inf" if snr == 0 else f"{snr:g}"
-        print(f"{label:>6s} {len(rows):4d} {a[0]:16.2f} {a[1]:12.2f} {a[2]:13.2f} {a[3]:9.1f}", flush=True)
+        volumes = [simulate_density(read_atoms(models / f"{ident}.pdb"), args.box, args.pixel, bfactor=60.0).data.double() for ident in ids[: args.maps]]
+        stacks = [stack(volume, args.images, args.pixel, snr, seed=i) for i, volume in enumerate(volumes)]
+        for name in args.posers:
+            poser = POSERS[name](4 * args.pixel, args.fastar_weights)
+            rows = []
+            for volume, (images, ctf, truth) in zip(volumes, stacks):
+                t0 = time.perf_counter()
+                est = poser.estimate(images, volume, args.pixel, ctf=ctf)
+                wall = time.perf_counter() - t0
+                m = pose_metrics(est, truth, align=False)
+                network = float("nan")
+                if hasattr(poser, "relative_poses"):
+                    network = pose_metrics(poser.relative_poses(images, args.pixel), truth)["rotation_error_median_deg"]
+                rows.append((m["rotation_error_median_deg"], m["within_5_deg"], m["shift_error_mean_A"], wall, network))
+            a = np.array(rows).mean(axis=0)
+            label = "inf" if snr == 0 else f"{snr:g}"
+            print(f"{label:>6s} {name:>14s} {len(rows):4d} {a[0]:16.2f} {a[1]:12.2f} {a[2]:13.2f} {a[3]:9.1f} {a[4]:11.1f}", flush=True)
     if args.ab_initio:
         print(f"\nab initio: {args.ab_initio} clean projections, {args.ab_box}^3 at {args.ab_pixel} A, gaussian prior, {args.ab_steps} steps")
         print(f"{'model':>8s} {'start':>10s} {'AUC-FSC':>8s} {'FSC-0.5 (A)':>11s} {'median err':>10s} {'time (s)':>9s}")

@@ -74,7 +74,7 @@ class FastARPoser:
             from cryoinverse.posers.fastar_train import load_poser
 
             model, meta = load_poser(weights)
-            self._model, self._meta = model.eval(), dict(meta)
+            self._model, self._meta = model.eval(), {"image_size": model.config.image_size, **meta}
         return self._model, self._meta
 
     def predict(self, images: torch.Tensor, pixel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
