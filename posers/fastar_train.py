@@ -13,7 +13,8 @@ depends on the rotations only, and its shift (pixels), which the translation hea
 Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR).
 
 Progressive schedule (CryoFastAR section "progressive training"), in fractions of `steps`:
-- until `clean_until`: 2 views, clean projections (stage 1);
+- until `clean_until`: 2 views, clean projections (stage 1), of the first `stage1_maps` maps
+  only (CryoFastAR starts from one molecule; 0: all maps);
 - views then rise linearly from 2 to `views`, reached at `views_full`;
 - noise starts at `noise_from`; the lowest SNR drawn falls log-linearly from `snr_max` to
   `snr_min`, reached at `noise_full`;
@@ -87,6 +88,7 @@ class PoserTrainConfig:
     shift_max: float = param(0.0, help="random in-plane shifts up to this many pixels in x and y (0: none)")
     voxel_size: float = param(3.0, help="voxel size in Angstrom the maps are resampled to (the pixel size of the images)", validator=positive)
     clean_until: float = param(0.1, help="fraction of the steps with 2 clean views (stage 1)", validator=_fraction)
+    stage1_maps: int = param(0, help="stage 1 projects only the first this many maps (name order; CryoFastAR: 1); 0: all")
     views_full: float = param(0.5, help="fraction of the steps at which the view count reaches --views", validator=_fraction)
     noise_from: float = param(0.2, help="fraction of the steps from which noise is added", validator=_fraction)
     noise_full: float = param(0.7, help="fraction of the steps at which the lowest SNR drawn reaches --snr-min", validator=_fraction)
@@ -104,6 +106,7 @@ class Stage:
     views: int
     snr_floor: float  # lowest SNR drawn; inf: clean
     ctf: bool
+    maps: int = 0  # draw from the first this many maps only; 0: all
 
 
 def _noise_on(cfg: PoserTrainConfig) -> bool:
@@ -120,7 +123,7 @@ def stage_at(step: int, cfg: PoserTrainConfig) -> Stage:
         return max(0.0, (t - start) / (end - start)) if end > start else 0.0
 
     if t < cfg.clean_until:
-        return Stage(views=min(2, cfg.views), snr_floor=math.inf, ctf=False)
+        return Stage(views=min(2, cfg.views), snr_floor=math.inf, ctf=False, maps=cfg.stage1_maps)
     views = min(2, cfg.views) + round(ramp(cfg.clean_until, cfg.views_full) * max(0, cfg.views - 2))
     floor = math.inf
     if _noise_on(cfg) and t >= cfg.noise_from:
@@ -164,7 +167,7 @@ def simulate_sets(maps: list[torch.Tensor], stage: Stage, cfg: PoserTrainConfig,
     from cryoinverse.rotations import random_rotations
 
     b, v, n = cfg.batch_size, stage.views, maps[0].shape[0]
-    picks = torch.randint(0, len(maps), (b,), generator=generator)
+    picks = torch.randint(0, min(stage.maps, len(maps)) if stage.maps > 0 else len(maps), (b,), generator=generator)
     rotations = random_rotations(b * v, generator).reshape(b, v, 3, 3)
     images = torch.stack([project_fourier(maps[int(i)], rotations[k].to(torch.float32), interpolation="sinc") for k, i in enumerate(picks)])
     shifts = filters = None

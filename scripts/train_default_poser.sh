@@ -5,7 +5,8 @@
 # 60 A^2) of every model in MODELS except those listed in bench/default_prior_heldout.txt (the
 # held-out models of the default prior, which bench/poses.py measures on).
 # Training: `cryoinverse train poser` with the `tiny` network (32 px images at 4 A), sets of up
-# to 4 views, shifts up to 2 px, the progressive schedule: 2 clean views until 45% of the steps,
+# to 4 views, shifts up to 2 px, the progressive schedule: 2 clean views of one molecule (the first
+# training model) until 45% of the steps,
 # 4 views from 60%, noise from 60% (SNR floor 0.3 from 90%), the CTF from 70%.
 #
 # Usage: bash scripts/train_default_poser.sh [MODELS] [WORK] [STEPS]
@@ -36,7 +37,7 @@ fi
 
 cryoinverse train poser --maps "$work/maps" --out "$work/train" --arch tiny --voxel-size 4 \
     --steps "$steps" --views 4 --batch-size 8 --lr 5e-4 --warmup 300 --schedule cosine --shift-max 2 \
-    --clean-until 0.45 --views-full 0.6 --noise-from 0.6 --noise-full 0.9 --ctf-from 0.7 --snr-min 0.3 \
+    --stage1-maps 1 --clean-until 0.45 --views-full 0.6 --noise-from 0.6 --noise-full 0.9 --ctf-from 0.7 --snr-min 0.3 \
     --checkpoint-every 500 --log-every 50 --seed 0
 
 mkdir -p "$here/posers/data"

@@ -41,6 +41,19 @@ def test_schedule_starts_with_two_clean_views_and_ends_with_everything(maps, tmp
     assert not math.isfinite(stage_at(99, _cfg(maps, tmp_path, snr_max=0.0)).snr_floor)
 
 
+def test_stage_one_can_project_one_molecule_only(maps, tmp_path):
+    cfg = _cfg(maps, tmp_path, steps=100, stage1_maps=1, batch_size=6)
+    first, later = stage_at(0, cfg), stage_at(99, cfg)
+    assert first.maps == 1 and later.maps == 0
+    volumes, _ = load_poser_maps(maps, cfg.voxel_size, 32)
+    a = simulate_sets(volumes, first, cfg, torch.Generator().manual_seed(3))[0]
+    b = simulate_sets([volumes[0], volumes[0]], first, cfg, torch.Generator().manual_seed(3))[0]
+    assert torch.equal(a, b)  # the second map is never projected in stage 1
+    c = simulate_sets(volumes, attrs_evolve(first, maps=0), cfg, torch.Generator().manual_seed(3))[0]
+    d = simulate_sets([volumes[0], volumes[0]], attrs_evolve(first, maps=0), cfg, torch.Generator().manual_seed(3))[0]
+    assert not torch.equal(c, d)  # while with all maps it is (6 draws from 2 maps)
+
+
 def test_simulated_sets_have_the_requested_snr_and_shapes(maps, tmp_path):
     cfg = _cfg(maps, tmp_path, batch_size=3, shift_max=0.0, snr_min=0.5, snr_max=0.5)
     volumes, summary = load_poser_maps(maps, cfg.voxel_size, 32)
