@@ -5,9 +5,9 @@
 # 60 A^2) of every model in MODELS except those listed in bench/default_prior_heldout.txt (the
 # held-out models of the default prior, which bench/poses.py measures on).
 # Training: `cryoinverse train poser` with the `tiny` network (32 px images at 4 A), sets of up
-# to 4 views, shifts up to 2 px, the progressive schedule: 2 clean views of one molecule (the first
-# training model) until 45% of the steps,
-# 4 views from 60%, noise from 60% (SNR floor 0.3 from 90%), the CTF from 70%.
+# to 4 views, shifts up to 2 px, the progressive schedule: 2 clean views of one molecule (the
+# first training model) until 45% of the steps, then all molecules, 4 views from 60%, noise from
+# 60% (SNR floor 0.3 from 90%), the CTF from 70%.
 #
 # Usage: bash scripts/train_default_poser.sh [MODELS] [WORK] [STEPS]
 #   MODELS  folder of PDB/mmCIF models   (default ../shared/data/models)
