@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .fourier import n_shells, nyquist
+from .fourier import Shape, box_text, n_shells, nyquist, reference_edge
 from .metrics import resolution_at
 from .spectra import radial_power
 from .volume import Volume
@@ -37,9 +37,10 @@ FSC_FLOOR, FSC_CEILING = 0.01, 0.99  # the logistic's limits: some signal surviv
 DEFAULT_WIDTH = 0.1  # logistic width as a fraction of the crossing frequency (1.5 shells at 6 A on 64^3 at 1.5 A)
 
 
-def _check_resolution(n: int, voxel_size: float, resolution: float) -> float:
+def _check_resolution(shape: Shape, voxel_size: float, resolution: float) -> float:
+    n = reference_edge(shape)
     shell = n * voxel_size / resolution
-    if not 1 <= shell <= nyquist(n):
+    if not 1 <= shell <= nyquist(shape):
         raise ValueError(f"resolution {resolution} A is outside 2 x voxel .. box ({2 * voxel_size:g} .. {n * voxel_size:g} A)")
     return shell
 
@@ -48,14 +49,13 @@ def noise_variance_for_resolution(reference: Volume, resolution: float) -> float
     """White-noise power putting the FSC-0.5 crossing of reference + noise at `resolution` A.
 
     For y = x + n, FSC = sqrt(S / (S + N)) per shell in expectation, so FSC = 0.5 where N = 3 S;
-    S is the reference power interpolated linearly between the shells around n * voxel / resolution.
+    S is the reference power interpolated linearly between the shells around n_ref * voxel / resolution.
     """
-    n = reference.shape[-1]
-    shell = _check_resolution(n, reference.voxel_size, resolution)
+    shell = _check_resolution(reference.shape, reference.voxel_size, resolution)
     power = radial_power(reference.data)
     lo = int(shell)
     frac = shell - lo
-    signal = float((1 - frac) * power[lo] + frac * power[min(lo + 1, n // 2)])
+    signal = float((1 - frac) * power[lo] + frac * power[min(lo + 1, nyquist(reference.shape))])
     return 3.0 * signal
 
 
@@ -74,18 +74,18 @@ def noise_power_for_fsc(signal_power: torch.Tensor, curve: torch.Tensor) -> torc
     return signal_power.to(torch.float64) * (1.0 / f.square() - 1.0)
 
 
-def _solve_crossing(curve_of, n: int, voxel_size: float, resolution: float, lo: float, hi: float) -> torch.Tensor:
+def _solve_crossing(curve_of, shape: Shape, voxel_size: float, resolution: float, lo: float, hi: float) -> torch.Tensor:
     """Bisect the parameter of `curve_of` in [lo, hi] until the curve's FSC-0.5 resolution is `resolution`.
 
     The resolution must be monotonic in the parameter (either way).
     """
 
     def res(param: float) -> float:
-        return resolution_at(curve_of(param)[: nyquist(n) + 1], voxel_size, 0.5, n)
+        return resolution_at(curve_of(param)[: nyquist(shape) + 1], voxel_size, 0.5, reference_edge(shape))
 
     r_lo, r_hi = res(lo), res(hi)
     if not min(r_lo, r_hi) <= resolution <= max(r_lo, r_hi):
-        raise ValueError(f"no curve of this shape crosses FSC 0.5 at {resolution} A on a {n}^3 box at {voxel_size:g} A/voxel")
+        raise ValueError(f"no curve of this shape crosses FSC 0.5 at {resolution} A on a {box_text(shape)} box at {voxel_size:g} A/voxel")
     rising = r_hi > r_lo
     for _ in range(80):
         mid = 0.5 * (lo + hi)
@@ -97,19 +97,21 @@ def _solve_crossing(curve_of, n: int, voxel_size: float, resolution: float, lo: 
 
 
 def expected_fsc(
-    n: int, voxel_size: float, resolution: float, width: float = DEFAULT_WIDTH, curve: tuple[np.ndarray, np.ndarray] | None = None
+    shape: Shape, voxel_size: float, resolution: float, width: float = DEFAULT_WIDTH, curve: tuple[np.ndarray, np.ndarray] | None = None
 ) -> torch.Tensor:
     """The expected FSC(degraded, clean) per shell (0..corner, float64) whose first 0.5 crossing is `resolution` A.
 
     Without `curve`, the logistic of relative `width`; with `curve` = (frequency in 1/A, FSC), that
-    curve stretched along the frequency axis (values beyond its ends held).
+    curve stretched along the frequency axis (values beyond its ends held). `shape` is the map's
+    box (an edge n or (z, y, x)); its shells are those of `cryoinverse.fourier`.
     """
-    shell = _check_resolution(n, voxel_size, resolution)
-    total = n_shells(n)
+    shell = _check_resolution(shape, voxel_size, resolution)
+    total = n_shells(shape)
+    n = reference_edge(shape)
     if curve is None:
         if not width > 0:
             raise ValueError(f"width must be > 0; got {width}")
-        return _solve_crossing(lambda c: logistic_fsc(total, c, width * c), n, voxel_size, resolution, 0.5, nyquist(n) + 1.0)
+        return _solve_crossing(lambda c: logistic_fsc(total, c, width * c), shape, voxel_size, resolution, 0.5, nyquist(shape) + 1.0)
     freq, values = (np.asarray(a, dtype=np.float64) for a in curve)
     order = np.argsort(freq)
     freq, values = freq[order], np.clip(values[order], FSC_FLOOR, FSC_CEILING)
@@ -121,7 +123,7 @@ def expected_fsc(
     # a = (frequency on the file's axis) / (frequency on the map's): the file's crossing lands at the target.
     crossing = _first_crossing(freq, values)
     guess = crossing / (shell / (n * voxel_size))
-    return _solve_crossing(stretched, n, voxel_size, resolution, guess / 4, guess * 4)
+    return _solve_crossing(stretched, shape, voxel_size, resolution, guess / 4, guess * 4)
 
 
 def _first_crossing(freq: np.ndarray, values: np.ndarray) -> float:
@@ -179,10 +181,9 @@ def noise_power_for_resolution(
 
     `shape` is 'logistic' (or a `curve`, see `expected_fsc`) or 'white' (`noise_variance_for_resolution`).
     """
-    n = reference.shape[-1]
     if shape == "white":
-        return torch.full((n_shells(n),), noise_variance_for_resolution(reference, resolution), dtype=torch.float64)
+        return torch.full((n_shells(reference.shape),), noise_variance_for_resolution(reference, resolution), dtype=torch.float64)
     if shape != "logistic":
         raise ValueError(f"noise shape must be one of {', '.join(NOISE_SHAPES)}; got {shape!r}")
     signal = radial_power(reference.data)
-    return noise_power_for_fsc(signal, expected_fsc(n, reference.voxel_size, resolution, width, curve))
+    return noise_power_for_fsc(signal, expected_fsc(reference.shape, reference.voxel_size, resolution, width, curve))

@@ -2,7 +2,9 @@
 
 FSC of shell r (see `cryoinverse.fourier` for shells) is
     Re sum_k A_k conj(B_k) / sqrt(sum_k |A_k|^2 sum_k |B_k|^2)
-over the coefficients k of the shell, for shells 0..Nyquist, computed in float64.
+over the coefficients k of the shell, for shells 0..Nyquist, computed in float64. Maps may have
+any shape (nz, ny, nx), the same for both: shells are bands of physical frequency, r =
+round(|k| n_ref) with n_ref = max(nz, ny, nx), and shell r has resolution n_ref * voxel_size / r.
 AUC-FSC is the mean FSC over shells 1..Nyquist. Resolution at a threshold is where the curve
 first falls below it (searching from shell 1), linearly interpolated in spatial frequency
 between the last shell above and the first below; a curve that never falls below reports the
@@ -17,7 +19,7 @@ import math
 import attrs
 import torch
 
-from .fourier import fftn, nyquist, shell_index
+from .fourier import fftn, nyquist, reference_edge, shell_index
 from .volume import Volume
 
 FAIL_RESOLUTION = 30.0  # Angstrom, CryoFM's fail-rate rule on FSC-0.5
@@ -39,25 +41,23 @@ def _tensor(x: Volume | torch.Tensor) -> torch.Tensor:
 
 
 def fsc(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch.Tensor | None = None) -> torch.Tensor:
-    """FSC curve of shells 0..Nyquist (float64) between two cubic maps, optionally both times `mask`."""
+    """FSC curve of shells 0..Nyquist (float64) between two maps of one shape, optionally both times `mask`."""
     ta = _tensor(a).to(torch.float64)
     tb = _tensor(b).to(torch.float64)
     if ta.shape != tb.shape:
         raise ValueError(f"FSC needs maps of one shape; got {tuple(ta.shape)} and {tuple(tb.shape)}")
-    n = ta.shape[-1]
-    if len(set(ta.shape[-3:])) != 1:
-        raise ValueError(f"FSC needs cubic maps; got {tuple(ta.shape[-3:])}")
+    shape = tuple(ta.shape[-3:])
     if mask is not None:
         m = _tensor(mask).to(torch.float64)
         ta, tb = ta * m, tb * m
     fa, fb = fftn(ta), fftn(tb)
-    idx = shell_index(n, ta.device).reshape(-1)
-    keep = idx <= nyquist(n)
+    idx = shell_index(shape, ta.device).reshape(-1)
+    keep = idx <= nyquist(shape)
     idx = idx[keep]
     cross = (fa * fb.conj()).real.reshape(*fa.shape[:-3], -1)[..., keep]
     pa = fa.abs().square().reshape(*fa.shape[:-3], -1)[..., keep]
     pb = fb.abs().square().reshape(*fb.shape[:-3], -1)[..., keep]
-    size = nyquist(n) + 1
+    size = nyquist(shape) + 1
 
     def shell_sum(v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(*v.shape[:-1], size, dtype=v.dtype, device=v.device)
@@ -73,7 +73,11 @@ def auc_fsc(curve: torch.Tensor) -> float:
 
 
 def resolution_at(curve: torch.Tensor, voxel_size: float, threshold: float, box: int | None = None) -> float:
-    """Resolution (Angstrom) where the FSC curve first falls below `threshold`; `box` defaults to 2 * Nyquist."""
+    """Resolution (Angstrom) where the FSC curve first falls below `threshold`.
+
+    `box` is the reference edge n_ref of the maps' shells (`cryoinverse.fourier.reference_edge`),
+    by default 2 * Nyquist (wrong by one for odd edges: pass it).
+    """
     n_half = curve.shape[-1] - 1
     n = box or 2 * n_half
     values = [1.0] + [float(v) for v in curve[1:]]  # shell 0 taken as 1 so a first-shell drop interpolates
@@ -133,7 +137,7 @@ def compare(map_: Volume, reference: Volume, mask: Volume | None = None) -> Comp
     if map_.shape != reference.shape:
         raise ValueError(f"maps differ in shape: {map_.shape} vs {reference.shape}")
     curve = fsc(map_, reference, mask)
-    n = map_.shape[-1]
+    n = reference_edge(map_.shape)
     vs = reference.voxel_size
     points = [(n * vs / r, float(curve[r])) for r in range(1, curve.shape[-1])]
     r05 = resolution_at(curve, vs, 0.5, n)

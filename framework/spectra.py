@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from .fourier import expand_shells, fftn, ifftn, shell_average, shell_counts
+from .fourier import Shape, expand_shells, fftn, ifftn, shell_average, shell_counts
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
-    """Shell-averaged |F(x)|^2 (ortho FFT) of a (..., n, n, n) map, float64, shells 0..corner."""
+    """Shell-averaged |F(x)|^2 (ortho FFT) of a (..., nz, ny, nx) map, float64, shells 0..corner."""
     return shell_average(fftn(x.to(torch.float64)).abs().square())
 
 
 MIN_POOLED = 64  # coefficients the lowest shells pool for their noise estimate
 
 
-def _pooled_low_shells(per_shell: torch.Tensor, n: int) -> torch.Tensor:
+def _pooled_low_shells(per_shell: torch.Tensor, shape: Shape) -> torch.Tensor:
     """Replace the lowest shells' values by their coefficient-weighted mean until they hold MIN_POOLED."""
-    counts = shell_counts(n).to(per_shell.dtype)
+    counts = shell_counts(shape).to(per_shell.dtype)
     last = int(torch.searchsorted(counts.cumsum(0), torch.tensor(float(MIN_POOLED), dtype=counts.dtype)))
     last = min(last, per_shell.numel() - 1)
     out = per_shell.clone()
@@ -45,7 +45,7 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, t
     fsc = (cross / torch.sqrt(p1 * p2).clamp(min=1e-300)).clamp(-1.0, 1.0)
     p_half = 0.5 * (p1 + p2)
     fsc_pos = fsc.clamp(min=0.0, max=1.0 - 1e-6)
-    noise_half = _pooled_low_shells(shell_average((f1 - f2).abs().square()) / 2.0, half1.shape[-1])
+    noise_half = _pooled_low_shells(shell_average((f1 - f2).abs().square()) / 2.0, tuple(half1.shape[-3:]))
     noise_half = noise_half.clamp(min=1e-12 * float(p_half.max()))
     return {
         "fsc": fsc,
@@ -58,14 +58,13 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor) -> dict[str, t
 
 
 def signal_power(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
-    """Per-coefficient signal power (n, n, n) of a map estimated from Fourier-diagonal observations.
+    """Per-coefficient signal power (nz, ny, nx) of a map estimated from Fourier-diagonal observations.
 
     `info` and `stat` are a likelihood's sufficient statistics (`Likelihood.fourier_information`):
     the combined observation stat / info has noise power 1 / info where info > 0. A shell's signal
     power is its mean observed power minus its mean noise power over the observed coefficients
     (empirical Bayes), floored at a millionth of the largest shell's so weights stay finite.
     """
-    n = info.shape[-1]
     seen = info > 0
     safe = info.clamp(min=1e-300)
     combined = torch.where(seen, stat / safe, torch.zeros_like(stat))
@@ -74,13 +73,13 @@ def signal_power(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     fraction = shell_average(seen.to(info.dtype)).clamp(min=1e-12)
     shell = ((power - noise) / fraction).clamp(min=0.0)
     shell = shell.clamp(min=1e-6 * float(shell.max()))
-    return expand_shells(shell, n)
+    return expand_shells(shell, tuple(info.shape[-3:]))
 
 
 def wiener_estimate(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor | None:
     """E[x | y] under a zero-mean Gaussian signal with the estimated `signal_power`: S z / (1 + S I).
 
-    The best linear estimate of the clean map from Fourier-diagonal observations (float64, (n, n, n));
+    The best linear estimate of the clean map from Fourier-diagonal observations (float64, (nz, ny, nx));
     None where the statistics are not finite (a noise-free operator).
     """
     if not (torch.isfinite(info).all() and torch.isfinite(stat).all()):
