@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 import attrs
 import torch
 
-from .fourier import fftn
+from .fourier import compact_shape, fftn
 from .volume import Volume
 
 Progress = Callable[[int], None]
@@ -104,7 +104,7 @@ class Poser(Protocol):
 
 @attrs.frozen
 class GaussianConditional:
-    """x1 | x_t for a Gaussian prior: per-coefficient Fourier-diagonal quantities (n, n, n).
+    """x1 | x_t for a Gaussian prior: per-coefficient Fourier-diagonal quantities (nz, ny, nx).
 
     `mean` is E[x1 | x_t] in real space (B, z, y, x); `var` is Var[x1 | x_t] per Fourier
     coefficient; `gain_per_t` is (d E[x1 | x_t] / d x_t) / t, Fourier-diagonal, finite at t = 0.
@@ -136,17 +136,18 @@ class Likelihood:
     def fourier_information(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(I, z): Fourier-diagonal information sum_j a_j^2 / N_j and statistic sum_j a_j F(y_j) / N_j.
 
-        Available when every operator has `fourier_diagonal(n)` -> (a, N): F(A x) = a F(x) and
-        noise power N per coefficient. Together they are the sufficient statistics of a
-        linear-Gaussian likelihood, so several observations combine exactly.
+        Available when every operator has `fourier_diagonal(shape)` -> (a, N): F(A x) = a F(x)
+        and noise power N per coefficient of the observation's box; `shape` is
+        `cryoinverse.fourier.compact_shape` of it (n for a cube n^3, else (z, y, x)). Together
+        they are the sufficient statistics of a linear-Gaussian likelihood, so several
+        observations combine exactly.
         """
         info, stat = None, None
         for obs in self.observations:
             diag = getattr(obs.operator, "fourier_diagonal", None)
             if diag is None:
                 return None
-            n = obs.data.shape[-1]
-            a, noise = diag(n)
+            a, noise = diag(compact_shape(obs.data.shape[-3:]))
             a = a.to(obs.data.device, torch.float64)
             noise = noise.to(obs.data.device, torch.float64)
             precision = torch.where(a != 0, a.square() / noise, torch.zeros_like(a))

@@ -25,7 +25,7 @@ import attrs
 import torch
 
 from .components import GaussianConditional, Likelihood, Observation, PrepareContext
-from .fourier import fftn, shell_average
+from .fourier import compact_shape, fftn, nyquist, shell_average
 
 __all__ = ["check_prior", "check_operator", "check_sampler", "check_poser", "prior_checks", "operator_checks", "sampler_checks", "sample_density"]
 
@@ -146,12 +146,13 @@ def check_simulate_noise_matches_likelihood(op: Any) -> None:
     diag = getattr(op, "fourier_diagonal", None)
     if diag is None:
         return
-    n = x.shape[-1]
-    a, noise = diag(n)
+    shape = tuple(x.shape[-3:])
+    a, noise = diag(compact_shape(shape))
     observed = (a != 0) & (noise > 0)
     whitened = torch.where(observed, fftn(residuals).abs().square().mean(0) / noise.clamp(min=1e-300), torch.zeros_like(noise))
     ratio = shell_average(whitened) / shell_average(observed.to(noise.dtype)).clamp(min=1e-12)
-    ratio = ratio[2 : n // 2 + 1][shell_average(observed.to(noise.dtype))[2 : n // 2 + 1] > 0]  # shells 2..Nyquist
+    top = nyquist(shape) + 1
+    ratio = ratio[2:top][shell_average(observed.to(noise.dtype))[2:top] > 0]  # shells 2..Nyquist
     assert float((ratio - 1).abs().max()) < 0.3, f"|F(y - A x)|^2 / N per shell (should be 1): {float(ratio.min()):.2f}..{float(ratio.max()):.2f}"
 
 
@@ -161,7 +162,7 @@ def check_fourier_diagonal_agrees_with_forward(op: Any) -> None:
     if diag is None:
         return
     x, ax = _op_setup(op)
-    a, noise = diag(x.shape[-1])
+    a, noise = diag(compact_shape(x.shape[-3:]))
     assert bool((noise >= 0).all()), "noise power must be >= 0"
     want = a.to(torch.complex128) * fftn(x.double())
     err = float((fftn(ax.double()) - want).abs().max()) / float(want.abs().max())
@@ -179,8 +180,37 @@ def check_pseudo_inverse(op: Any) -> None:
     assert err < 1e-4, f"A P(x, y) differs from y by {err:.2e} (relative)"
 
 
-def operator_checks(op: Any, linear: bool = True) -> list[tuple[str, Check]]:
-    """The (name, check) pairs for an operator; `linear = False` skips the linearity law."""
+NON_CUBIC = (12, 16, 9)
+"""(z, y, x) of the non-cubic maps `check_non_cubic_maps` uses: unequal edges, one of them odd."""
+
+
+def check_non_cubic_maps(op: Any) -> None:
+    """An operator that observes maps works on non-cubic boxes (z, y, x), as tomogram crops are: forward,
+    simulate and log_likelihood keep the shape, and fourier_diagonal((z, y, x)) agrees with forward."""
+    if getattr(op, "observes", "volume") != "volume":
+        return  # it observes images of a cubic map (projection)
+    _prepare(op, PrepareContext(NON_CUBIC, getattr(op, "voxel_size", None) or 1.5, torch.device("cpu"), None, [op]))
+    nz, ny, nx = NON_CUBIC
+    x = sample_density(max(NON_CUBIC), batch=2, seed=1)[:, :nz, :ny, :nx].contiguous()
+    ax = op.forward(x)
+    assert ax.shape == x.shape and torch.isfinite(ax).all(), f"forward of a {tuple(x.shape)} batch gave {tuple(ax.shape)}"
+    y = op.simulate(x[:1], torch.Generator().manual_seed(0))
+    assert y.shape == x[:1].shape, f"simulate of a {tuple(x[:1].shape)} map gave {tuple(y.shape)}"
+    ll = op.log_likelihood(x, y.expand_as(x))
+    assert ll.shape == (2,) and torch.isfinite(ll).all(), f"log_likelihood of non-cubic maps: shape {tuple(ll.shape)}"
+    diag = getattr(op, "fourier_diagonal", None)
+    if diag is None:
+        return
+    a, noise = diag(NON_CUBIC)
+    assert tuple(a.shape) == tuple(noise.shape) == NON_CUBIC, f"fourier_diagonal({NON_CUBIC}) gave shapes {tuple(a.shape)}, {tuple(noise.shape)}"
+    want = a.to(torch.complex128) * fftn(x.double())
+    err = float((fftn(ax.double()) - want).abs().max()) / float(want.abs().max())
+    assert err < 1e-4, f"on a {NON_CUBIC} box F(A x) differs from a F(x) by {err:.2e} (relative)"
+
+
+def operator_checks(op: Any, linear: bool = True, non_cubic: bool = True) -> list[tuple[str, Check]]:
+    """The (name, check) pairs for an operator; `linear = False` skips the linearity law, `non_cubic = False`
+    the check on non-cubic maps (for an operator that only works on cubes)."""
     checks = [
         ("check_name_and_fields", check_name_and_fields),
         ("check_operator_shapes", check_operator_shapes),
@@ -191,12 +221,14 @@ def operator_checks(op: Any, linear: bool = True) -> list[tuple[str, Check]]:
     ]
     if linear:
         checks.insert(3, ("check_operator_is_linear", check_operator_is_linear))
+    if non_cubic:
+        checks.append(("check_non_cubic_maps", check_non_cubic_maps))
     return checks
 
 
-def check_operator(op: Any, linear: bool = True) -> None:
+def check_operator(op: Any, linear: bool = True, non_cubic: bool = True) -> None:
     """Run every operator check on `op` (an instance configured as a task would configure it)."""
-    _run(operator_checks(op, linear), op)
+    _run(operator_checks(op, linear, non_cubic), op)
 
 
 # -- priors ---------------------------------------------------------------------------------------

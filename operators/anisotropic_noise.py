@@ -8,6 +8,8 @@ takes the weight of the nearest direction, up to sign). Given `noise_power` / `n
 is B. Estimated from half maps (CryoFM appendix D.2), the direction-averaged power N_r comes
 from the half-map FSC (as for `spectral-noise`), f from the power of the half-map difference
 per direction bin, and B_r = N_r / mean_shell(f), so that the average over each shell is kept.
+Directions are those of the physical frequency (per-axis `fftfreq`, `cryoinverse.directions`), so
+maps of any shape (nz, ny, nx) see the same cone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from cryoinverse.components import PrepareContext
 from cryoinverse.directions import axis_from_angles, cone_mask, fibonacci_hemisphere, nearest_direction
 from cryoinverse.errors import DataError
-from cryoinverse.fourier import expand_shells, fftn, nyquist, shell_average, shell_index
+from cryoinverse.fourier import Shape, expand_shells, fftn, nyquist, shell_average, shell_index
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
@@ -67,7 +69,6 @@ class AnisotropicNoise(SpectralNoise):
         """Noise of the full map (h1 + h2) / 2: shell powers from the FSC, direction factors from h1 - h2."""
         h1 = (half_map_1.data if isinstance(half_map_1, Volume) else half_map_1).to(torch.float64)
         h2 = (half_map_2.data if isinstance(half_map_2, Volume) else half_map_2).to(torch.float64)
-        n = h1.shape[-1]
         op = cls()
         op._spectrum = half_map_statistics(h1, h2)["noise_full"]
         op._table = direction_factors(h1 - h2, fibonacci_hemisphere(n_directions))
@@ -86,21 +87,21 @@ class AnisotropicNoise(SpectralNoise):
         if self.direction_weights is not None and self._table is None:
             self._table = read_direction_table(self.direction_weights)
 
-    def direction_factor(self, n: int) -> torch.Tensor:
-        """f per coefficient (n, n, n), float64."""
+    def direction_factor(self, shape: Shape) -> torch.Tensor:
+        """f per coefficient (nz, ny, nx) of a box (edge n or (z, y, x)), float64."""
         if self._table is not None:
             directions, weights = self._table
-            return weights.to(torch.float64)[nearest_direction(n, directions)]
-        inside = cone_mask(n, axis_from_angles(self.cone_tilt, self.cone_azimuth), self.cone_half_angle)
+            return weights.to(torch.float64)[nearest_direction(shape, directions)]
+        inside = cone_mask(shape, axis_from_angles(self.cone_tilt, self.cone_azimuth), self.cone_half_angle)
         return torch.where(inside, torch.tensor(self.factor, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
 
-    def coefficient_noise_power(self, n: int) -> torch.Tensor:
+    def coefficient_noise_power(self, shape: Shape) -> torch.Tensor:
         """N_k = B_r f(k); B is renormalised by the shell mean of f when the power was estimated."""
-        f = self.direction_factor(n)
-        base = self.shell_noise_power(n)
+        f = self.direction_factor(shape)
+        base = self.shell_noise_power(shape)
         if self._renormalise:
             base = base / shell_average(f)
-        return expand_shells(base, n) * f
+        return expand_shells(base, shape) * f
 
 
 def direction_factors(noise: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,12 +110,12 @@ def direction_factors(noise: torch.Tensor, directions: torch.Tensor) -> tuple[to
     Uses shells 2..Nyquist (the lowest shells have too few coefficients to split by direction).
     Bins with no coefficients get factor 1. Returns (directions, factors).
     """
-    n = noise.shape[-1]
+    shape = tuple(noise.shape[-3:])
     power = fftn(noise).abs().square()
-    ratio = power / expand_shells(shell_average(power), n).clamp(min=1e-300)
-    shells = shell_index(n)
-    use = (shells >= 2) & (shells <= nyquist(n))
-    bins = nearest_direction(n, directions)[use]
+    ratio = power / expand_shells(shell_average(power), shape).clamp(min=1e-300)
+    shells = shell_index(shape)
+    use = (shells >= 2) & (shells <= nyquist(shape))
+    bins = nearest_direction(shape, directions)[use]
     sums = torch.zeros(len(directions), dtype=torch.float64).index_add_(0, bins, ratio[use])
     counts = torch.bincount(bins, minlength=len(directions)).to(torch.float64)
     factors = torch.where(counts > 0, sums / counts.clamp(min=1), torch.ones_like(sums))

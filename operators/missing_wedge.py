@@ -6,6 +6,10 @@ measures the central planes perpendicular to the beam direction, which at tilt t
 Coefficient k lies on the plane of theta = atan(-k_z / k_x) (axis y), so the measured set is
 M = {k : tilt_min <= atan(-k_z / k_x) <= tilt_max}, plus the tilt axis itself (k_z = k_x = 0).
 The observation is y = F^-1(M (F x + F n)) with white noise n of variance `noise_variance`.
+
+Maps may have any shape (nz, ny, nx), as tomogram crops do: k is the physical frequency in
+cycles per voxel (per-axis `fftfreq(nz)`, `fftfreq(ny)`, `fftfreq(nx)`, `cryoinverse.fourier`;
+voxels are cubic), so the wedge has the same angles in space whatever the box.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from cryoinverse.fourier import fftn, ifftn
+from cryoinverse.fourier import Shape, fftn, frequency_grid, ifftn
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import non_negative, one_of, param
 
@@ -26,10 +30,12 @@ def _angle(instance, attribute, value: float) -> None:
         raise ValueError(f"{attribute.name}: must be within [-90, 90] degrees; got {value}")
 
 
-def wedge_mask(n: int, tilt_min: float, tilt_max: float, axis: str = "y") -> torch.Tensor:
-    """Boolean (n, n, n) mask of measured coefficients for a tilt range in degrees (see module doc)."""
-    k = torch.fft.fftfreq(n, dtype=torch.float64)
-    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+def wedge_mask(shape: Shape, tilt_min: float, tilt_max: float, axis: str = "y") -> torch.Tensor:
+    """Boolean (nz, ny, nx) mask of the measured coefficients for a tilt range in degrees (see module doc).
+
+    `shape` is the box: an edge n (n^3) or (z, y, x).
+    """
+    kz, ky, kx = frequency_grid(shape)
     other = kx if axis == "y" else ky
     # angle of the plane containing k, folded into (-90, 90]; atan2 handles other == 0 (= +-90)
     theta = torch.rad2deg(torch.atan2(-kz, other))
@@ -56,31 +62,31 @@ class MissingWedge:
         if self.tilt_min >= self.tilt_max:
             raise ValueError(f"tilt_min ({self.tilt_min}) must be below tilt_max ({self.tilt_max})")
 
-    def mask(self, n: int) -> torch.Tensor:
-        """Boolean (n, n, n) mask of the measured coefficients."""
-        return wedge_mask(n, self.tilt_min, self.tilt_max, self.tilt_axis)
+    def mask(self, shape: Shape) -> torch.Tensor:
+        """Boolean (nz, ny, nx) mask of the measured coefficients of a box (edge n or (z, y, x))."""
+        return wedge_mask(shape, self.tilt_min, self.tilt_max, self.tilt_axis)
 
-    def measured_fraction(self, n: int) -> float:
+    def measured_fraction(self, shape: Shape) -> float:
         """Fraction of coefficients measured (1 - missing fraction)."""
-        return float(self.mask(n).to(torch.float64).mean())
+        return float(self.mask(shape).to(torch.float64).mean())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """F^-1(M F x): the map with its missing wedge removed."""
-        m = self.mask(x.shape[-1]).to(x.device)
+        m = self.mask(tuple(x.shape[-3:])).to(x.device)
         return ifftn(m * fftn(x)).to(x.dtype)
 
     def _variance(self) -> float:
         # A noise-free observation still needs a finite likelihood weight for gradient samplers.
         return max(self.noise_variance, 1e-12)
 
-    def fourier_diagonal(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, N): a = M (0/1), N = noise variance on every coefficient."""
-        a = self.mask(n).to(torch.float64)
+    def fourier_diagonal(self, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, N) per coefficient of a box (edge n or (z, y, x)): a = M (0/1), N = noise variance on every coefficient."""
+        a = self.mask(shape).to(torch.float64)
         return a, torch.full_like(a, self._variance())
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-1/2 sum over measured k of |F(x)_k - F(y)_k|^2 / noise_variance, per batch element."""
-        m = self.mask(x.shape[-1]).to(x.device)
+        m = self.mask(tuple(x.shape[-3:])).to(x.device)
         residual = fftn(x - y) * m
         return -0.5 * residual.abs().square().sum(dim=(-3, -2, -1)) / self._variance()
 
@@ -93,7 +99,7 @@ class MissingWedge:
 
     def pseudo_inverse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """F^-1(M F y + (1 - M) F x): the measured coefficients of y put into x."""
-        m = self.mask(x.shape[-1]).to(x.device)
+        m = self.mask(tuple(x.shape[-3:])).to(x.device)
         return ifftn(torch.where(m, fftn(y.to(x.dtype)), fftn(x))).to(x.dtype)
 
 

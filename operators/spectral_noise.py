@@ -3,6 +3,8 @@
 Noise power N_r is E|F(n)_k|^2 for coefficients k of shell r (orthonormal FFT, see
 `cryoinverse.fourier`). Because the covariance is diagonal in Fourier space,
 log p(y | x) = -1/2 sum_k |F(x)_k - F(y)_k|^2 / N_k + const exactly (sum over the full FFT).
+Maps may have any shape (nz, ny, nx); a shell is a band of physical frequency (`cryoinverse.fourier`),
+so one spectrum means the same noise on any box with as many shells.
 The spectrum is given directly (`noise_power`, or white `noise_variance`) or estimated from
 two half maps by the gold-standard FSC (`cryoinverse.spectra.half_map_statistics`).
 """
@@ -18,7 +20,7 @@ import torch
 
 from cryoinverse.components import PrepareContext
 from cryoinverse.errors import SpecError
-from cryoinverse.fourier import expand_shells, fftn, ifftn, n_shells, spectrum_for_box
+from cryoinverse.fourier import Shape, box_text, expand_shells, fftn, ifftn, n_shells, spectrum_for_box
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
@@ -90,25 +92,25 @@ class SpectralNoise:
         half._spectrum, half._halves = 2.0 * self._spectrum, None
         return half
 
-    def shell_noise_power(self, n: int) -> torch.Tensor:
-        """Noise power per shell (float64, shells 0..corner) for an n^3 box."""
+    def shell_noise_power(self, shape: Shape) -> torch.Tensor:
+        """Noise power per shell (float64, shells 0..corner) for a box: an edge n (n^3) or (z, y, x)."""
         if self._spectrum is not None:
-            if self._spectrum.numel() != n_shells(n):
-                raise ValueError(f"noise spectrum has {self._spectrum.numel()} shells; an {n}^3 box has {n_shells(n)}")
+            if self._spectrum.numel() != n_shells(shape):
+                raise ValueError(f"noise spectrum has {self._spectrum.numel()} shells; a {box_text(shape)} box has {n_shells(shape)}")
             return self._spectrum
         if self.noise_variance is not None:
-            return torch.full((n_shells(n),), float(self.noise_variance), dtype=torch.float64)
+            return torch.full((n_shells(shape),), float(self.noise_variance), dtype=torch.float64)
         if self.noise_power is not None:
-            return spectrum_for_box(self.noise_power, n, "operator.noise_power").clamp(min=1e-30)
+            return spectrum_for_box(self.noise_power, shape, "operator.noise_power").clamp(min=1e-30)
         raise SpecError("[operator] spectral-noise: give noise_power, noise_variance or half_maps")
 
-    def coefficient_noise_power(self, n: int) -> torch.Tensor:
-        """Noise power of every coefficient (n, n, n), float64."""
-        return expand_shells(self.shell_noise_power(n), n)
+    def coefficient_noise_power(self, shape: Shape) -> torch.Tensor:
+        """Noise power of every coefficient (nz, ny, nx), float64."""
+        return expand_shells(self.shell_noise_power(shape), shape)
 
-    def fourier_diagonal(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, N) per coefficient: identity forward, noise power N."""
-        noise = self.coefficient_noise_power(n)
+    def fourier_diagonal(self, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, N) per coefficient of a box (edge n or (z, y, x)): identity forward, noise power N."""
+        noise = self.coefficient_noise_power(shape)
         return torch.ones_like(noise), noise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,16 +119,14 @@ class SpectralNoise:
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-1/2 sum_k |F(x - y)_k|^2 / N_k, one value per batch element."""
-        n = x.shape[-1]
-        weight = (1.0 / self.coefficient_noise_power(n)).to(x.device, x.dtype)
+        weight = (1.0 / self.coefficient_noise_power(tuple(x.shape[-3:]))).to(x.device, x.dtype)
         residual = fftn(x - y)
         return -0.5 * (weight * residual.abs().square()).sum(dim=(-3, -2, -1))
 
     def simulate(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x + n with n drawn from the noise spectrum."""
-        n = x.shape[-1]
         white = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        amplitude = torch.sqrt(self.coefficient_noise_power(n)).to(x.device)
+        amplitude = torch.sqrt(self.coefficient_noise_power(tuple(x.shape[-3:]))).to(x.device)
         return (x.to(torch.float64) + ifftn(amplitude * fftn(white))).to(x.dtype)
 
 

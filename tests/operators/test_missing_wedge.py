@@ -105,3 +105,63 @@ def test_measured_fraction():
     assert MissingWedge(tilt_min=-90, tilt_max=90).measured_fraction(8) == pytest.approx(1.0)
     assert 0 < MissingWedge().measured_fraction(16) < 1
     assert math.isclose(MissingWedge(tilt_min=-45, tilt_max=45).measured_fraction(8), float(wedge_mask(8, -45, 45).double().mean()))
+
+
+# --- non-cubic boxes (tomogram crops) -----------------------------------------------------------
+
+
+def _wedge_by_angle(shape: tuple[int, int, int], tilt_min: float, tilt_max: float, axis: str) -> np.ndarray:
+    """Measured set from the angle of each coefficient's physical frequency (cycles per voxel), one at a time."""
+    out = np.zeros(shape, dtype=bool)
+    for index in np.ndindex(*shape):
+        kz, ky, kx = (i / n if i <= (n - 1) // 2 else (i - n) / n for i, n in zip(index, shape))
+        other = kx if axis == "y" else ky
+        if kz == 0 and other == 0:
+            out[index] = True  # the tilt axis: in every tilt's plane
+        elif other == 0:
+            out[index] = tilt_max >= 90 or tilt_min <= -90  # the plane of a 90-degree tilt
+        else:
+            angle = math.degrees(math.atan(-kz / other))
+            out[index] = tilt_min <= angle <= tilt_max
+    return out
+
+
+@pytest.mark.parametrize("shape", [(12, 20, 9), (36, 20, 16), (9, 16, 24)])
+@pytest.mark.parametrize("tilts, axis", [((-60, 60), "y"), ((-45, 50), "y"), ((-30, 70), "x")])
+def test_non_cubic_mask_matches_the_angle_of_each_physical_frequency(shape, tilts, axis):
+    want = _wedge_by_angle(shape, *tilts, axis)
+    got = wedge_mask(shape, *tilts, axis=axis)
+    assert tuple(got.shape) == shape
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert 0.2 < want.mean() < 0.9  # both measured and missing coefficients are checked
+
+
+def test_non_cubic_wedge_uses_physical_not_index_angles():
+    # On a 12x16x9 box, index (2, 0, 1) is k = (2/12, 0, 1/9) cycles per voxel: atan(1.5) = 56.3
+    # degrees from the x axis, inside +-60; index counting would say atan(2) = 63.4, outside.
+    m = wedge_mask((12, 16, 9), -60, 60)
+    assert m[2, 0, 1] and m[-2, 0, 1]
+    assert not m[3, 0, 1]  # atan(2.25) = 66.0 degrees
+    assert not wedge_mask((12, 12, 12), -60, 60)[2, 0, 1]  # on a cube the same index is 63.4 degrees
+
+
+def test_non_cubic_missing_fraction_is_the_angular_fraction():
+    m = wedge_mask((32, 64, 48), -45, 45)
+    inside = shell_index((32, 64, 48)) <= 32
+    assert float(m[inside].double().mean()) == pytest.approx(0.5, abs=0.02)
+
+
+def test_operator_on_a_non_cubic_map_is_a_projector_and_inpaints():
+    shape = (10, 24, 14)
+    op = MissingWedge(tilt_min=-50, tilt_max=50, noise_variance=0.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    ax = op.forward(x)
+    torch.testing.assert_close(op.forward(ax), ax)
+    z = torch.randn_like(x)
+    assert float((ax * z).sum()) == pytest.approx(float((x * op.forward(z)).sum()), rel=1e-10)
+    y = op.forward(torch.randn(shape, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(op.forward(op.pseudo_inverse(x, y)), y.expand_as(x))
+    a, noise = op.fourier_diagonal(shape)
+    assert torch.equal(a.bool(), wedge_mask(shape, -50, 50)) and tuple(noise.shape) == shape
+    assert op.measured_fraction(shape) == pytest.approx(float(wedge_mask(shape, -50, 50).double().mean()))

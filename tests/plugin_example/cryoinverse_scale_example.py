@@ -15,6 +15,7 @@ import attrs
 import click
 import torch
 
+from cryoinverse.fourier import grid_shape
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import param, positive
 
@@ -41,10 +42,10 @@ class ScaledNoise:
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         return (self.scale * x.to(torch.float64) + noise * self.noise_variance**0.5).to(x.dtype)
 
-    def fourier_diagonal(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, N) per coefficient of an n^3 box: a = scale and N = noise_variance everywhere (float64)."""
-        a = torch.full((n, n, n), float(self.scale), dtype=torch.float64)
-        return a, torch.full((n, n, n), float(self.noise_variance), dtype=torch.float64)
+    def fourier_diagonal(self, shape: int | tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, N) per coefficient of a box, an edge n (n^3) or (z, y, x): a = scale and N = noise_variance everywhere (float64)."""
+        box = grid_shape(shape)
+        return torch.full(box, float(self.scale), dtype=torch.float64), torch.full(box, float(self.noise_variance), dtype=torch.float64)
 
 
 @hookimpl
