@@ -1,8 +1,10 @@
 """`gaussian`: a Gaussian prior with a mean map and a radial power spectrum; closed-form velocity.
 
 x1 ~ N(mu, C) with C diagonal in Fourier space: every coefficient of shell r has variance P_r
-(orthonormal FFT, see `cryoinverse.fourier`). For x_t = t x1 + (1 - t) x0, x0 ~ N(0, I), each
-coefficient of d = x_t - t mu is independent with variance s_t = t^2 P + (1 - t)^2, and
+(orthonormal FFT, see `cryoinverse.fourier`: maps of any shape (nz, ny, nx), shells by physical
+frequency, so one spectrum is the same stationary field on any box). For x_t = t x1 + (1 - t) x0,
+x0 ~ N(0, I), each coefficient of d = x_t - t mu is independent with variance
+s_t = t^2 P + (1 - t)^2, and
 
     E[x1 | x_t] = mu + (t P / s_t) d,     E[x0 | x_t] = ((1 - t) / s_t) d,
     v(x_t, t)   = E[x1 - x0 | x_t] = mu + ((t P - (1 - t)) / s_t) d,
@@ -22,7 +24,7 @@ import torch
 
 from cryoinverse.components import GaussianConditional, PrepareContext
 from cryoinverse.errors import SpecError
-from cryoinverse.fourier import expand_shells, fftn, ifftn, n_shells, shell_average, spectrum_for_box
+from cryoinverse.fourier import Shape, box_text, compact_shape, expand_shells, fftn, grid_shape, ifftn, n_shells, shell_average, spectrum_for_box
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
@@ -95,14 +97,14 @@ class GaussianPrior:
     def prepare(self, ctx: PrepareContext) -> None:
         """Load mean and spectrum; without `power`/`power_from`, estimate signal power from the observed map,
         or else from the first operator with a `signal_power(n)` (e.g. projection, from its images)."""
-        n = ctx.shape[-1]
+        shape = tuple(ctx.shape)
         if self.mean_from is not None and self._mean is None:
             self._mean = read_volume(self.mean_from).data
         if self._spectrum is not None:
             return
         if self.power is not None:
             try:
-                self._spectrum = spectrum_for_box(self.power, n, "prior.power")
+                self._spectrum = spectrum_for_box(self.power, shape, "prior.power")
             except ValueError as exc:
                 raise SpecError(f"[prior] power: {exc}") from None
         elif self.power_from is not None:
@@ -111,23 +113,23 @@ class GaussianPrior:
             self._spectrum = self._floored(radial_power(centred))
         elif ctx.observation is not None:
             centred = ctx.observation.data if self._mean is None else ctx.observation.data - self._mean
-            self._spectrum = self._floored(self._signal_power(radial_power(centred), ctx, n))
+            self._spectrum = self._floored(self._signal_power(radial_power(centred), ctx, shape))
         else:
             # an operator whose observation is not a map (particle images) may estimate the spectrum itself
             estimators = [op.signal_power for op in ctx.operators if callable(getattr(op, "signal_power", None))]
             if not estimators:
                 raise SpecError("[prior] gaussian: give power or power_from (there is no observation to estimate it from)")
-            self._spectrum = self._floored(estimators[0](n).to(torch.float64))
+            self._spectrum = self._floored(estimators[0](compact_shape(shape)).to(torch.float64))
 
     @staticmethod
-    def _signal_power(observed: torch.Tensor, ctx: PrepareContext, n: int) -> torch.Tensor:
+    def _signal_power(observed: torch.Tensor, ctx: PrepareContext, shape: Shape) -> torch.Tensor:
         """Empirical Bayes: for a Fourier-diagonal operator (a, N), E|F y|^2 = a^2 S + N on measured
         coefficients, so S_r = (P_r - <N [a != 0]>_r) / <a^2>_r; otherwise S = P."""
         for op in ctx.operators:
             diag = getattr(op, "fourier_diagonal", None)
             if diag is None:
                 continue
-            a, noise = diag(n)
+            a, noise = diag(compact_shape(shape))
             a2 = shell_average(a.square())
             measured_noise = shell_average(torch.where(a != 0, noise, torch.zeros_like(noise)))
             # Shells the operator passes at under 1% of its best (a blur's tail) say almost nothing
@@ -140,14 +142,14 @@ class GaussianPrior:
             return estimate
         return observed
 
-    def spectrum(self, n: int) -> torch.Tensor:
-        """Per-shell power P_r (float64, shells 0..corner) for an n^3 box."""
+    def spectrum(self, shape: Shape) -> torch.Tensor:
+        """Per-shell power P_r (float64, shells 0..corner) for a box: an edge n (n^3) or (z, y, x)."""
         if self._spectrum is None:
             if self.power is None:
                 raise RuntimeError("gaussian prior has no spectrum yet: give power, or call prepare(ctx)")
-            self._spectrum = spectrum_for_box(self.power, n, "prior.power")
-        if self._spectrum.numel() != n_shells(n):
-            raise ValueError(f"prior spectrum has {self._spectrum.numel()} shells; an {n}^3 box has {n_shells(n)}")
+            self._spectrum = spectrum_for_box(self.power, shape, "prior.power")
+        if self._spectrum.numel() != n_shells(shape):
+            raise ValueError(f"prior spectrum has {self._spectrum.numel()} shells; a {box_text(shape)} box has {n_shells(shape)}")
         return self._spectrum
 
     def mean(self, like: torch.Tensor) -> torch.Tensor:
@@ -157,7 +159,8 @@ class GaussianPrior:
         return self._mean.to(like.device, like.dtype)
 
     def _coefficient_power(self, x: torch.Tensor) -> torch.Tensor:
-        return expand_shells(self.spectrum(x.shape[-1]).to(x.device), x.shape[-1])
+        shape = tuple(x.shape[-3:])
+        return expand_shells(self.spectrum(shape).to(x.device), shape)
 
     def velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """Closed-form v(x_t, t) = mu + ((t P - (1 - t)) / (t^2 P + (1 - t)^2)) (x_t - t mu)."""
@@ -184,10 +187,10 @@ class GaussianPrior:
         """Identity: the Gaussian prior works in density units."""
         return z
 
-    def draw(self, n_samples: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact samples (n_samples, n, n, n) drawn directly in Fourier space (a reference for the flow)."""
-        white = torch.randn((n_samples, n, n, n), generator=generator, dtype=torch.float64)
-        p = expand_shells(self.spectrum(n), n)
+    def draw(self, n_samples: int, shape: Shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact samples (n_samples, nz, ny, nx) of a box (edge n or (z, y, x)) drawn directly in Fourier space (a reference for the flow)."""
+        white = torch.randn((n_samples, *grid_shape(shape)), generator=generator, dtype=torch.float64)
+        p = expand_shells(self.spectrum(shape), shape)
         mu = self.mean(white.to(torch.float32)).to(torch.float64)
         return (mu + ifftn(torch.sqrt(p) * fftn(white))).to(torch.float32)
 
