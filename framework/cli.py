@@ -166,7 +166,7 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     from .runner import check_outputs, write_fsc_csv, write_fsc_plot
 
     check_outputs([p for p in (csv_path, plot_path) if p], overwrite=True)
-    a, b = _matching_maps(map_a, map_b, voxel_size, "FSC")
+    a, b = _matching_maps(map_a, map_b, voxel_size, "FSC", cubic=False)
     m = read_volume(mask, voxel_size) if mask else None
     if m is not None and m.shape != a.shape:
         raise DataError(f"{mask}: shape {m.shape} differs from {map_a} {a.shape}")
@@ -183,14 +183,14 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     _echo_metrics({f"{map_a.name} vs {map_b.name}": result})
 
 
-def _matching_maps(map_a: Path, map_b: Path, voxel_size: float | None, what: str):
-    """Two maps read for `what` (a comparison): one cubic shape and one voxel size, else a DataError."""
+def _matching_maps(map_a: Path, map_b: Path, voxel_size: float | None, what: str, cubic: bool = True):
+    """Two maps read for `what` (a comparison): one shape (cubic where `cubic`, as rotations need) and one voxel size, else a DataError."""
     from .mrc import read_volume
 
     a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
     if b.shape != a.shape:
         raise DataError(f"{map_b}: shape {b.shape} differs from {map_a} {a.shape}")
-    if not a.is_cubic:
+    if cubic and not a.is_cubic:
         raise DataError(f"{map_a}: shape {a.shape} is not cubic; {what} needs cubic boxes")
     if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
         raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({map_a}) vs {b.voxel_size:g} A ({map_b}); pass --voxel-size")

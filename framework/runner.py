@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from .components import Likelihood, Observation, PrepareContext
 from .errors import DataError, SpecError
+from .fourier import reference_edge
 from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
 from .poses import Poses
@@ -316,7 +317,7 @@ def check_half_maps(
         likelihood = Likelihood([Observation(half_op, half.data.to(device))])
         maps = _sample(spec, likelihood, half, shape, voxel_size, device, 1, spec.seed + 1 + i, progress, f"half map {i + 1}")
         restored_halves.append(maps[0])
-    n = shape[-1]
+    n = reference_edge(shape)  # shell r is at n_ref * voxel / r Angstrom (cryoinverse.fourier)
     vs = voxel_size or 1.0
     f_in = fsc(h1.data, h2.data)
     f_out = fsc(restored_halves[0], restored_halves[1])

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from .errors import CryoinverseError, DataError, RegistryError, SpecError
+from .fourier import box_text
 from .mrc import read_header
 from .params import help_of, param, positive
 from .registry import Registry, get_registry
@@ -429,10 +430,15 @@ MIN_EDGE = 8  # voxels: fewer leave too few Fourier shells to estimate a spectru
 
 
 def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[str, str, "object"]]:
-    """Every map exists, is readable, cubic, and all agree in box and voxel size; returns headers."""
+    """Every map exists, is readable, and all agree in shape and voxel size; returns headers.
+
+    Maps may have any shape (z, y, x) of at least MIN_EDGE voxels per edge; only a task whose
+    operators observe images (projections of a cube) needs cubic maps.
+    """
     where = _where(spec.source)
     problems: list[str] = []
     headers = []
+    imaging = [op.name for op in spec.operators if getattr(op, "observes", "volume") != "volume"]
     for section, field, path in map_fields(spec):
         if not path.exists():
             problems.append(f"{where}[{section}] {field}: file not found: {path}")
@@ -446,9 +452,12 @@ def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[s
             shown = "x".join(str(n) for n in header.shape)
             problems.append(f"{where}[{section}] {field}: {path.name} is {shown} voxels; at least {MIN_EDGE} per edge are needed")
             continue
-        if len(set(header.shape)) != 1:
+        if imaging and len(set(header.shape)) != 1:
             z, y, x = header.shape
-            problems.append(f"{where}[{section}] {field}: {path.name} is {z}x{y}x{x} voxels; a cubic box is needed")
+            problems.append(
+                f"{where}[{section}] {field}: {path.name} is {z}x{y}x{x} voxels; operator {imaging[0]!r} observes "
+                "projection images of a cubic map, so a cubic box is needed"
+            )
             continue
         headers.append((section, field, header))
     if headers:
@@ -456,7 +465,7 @@ def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[s
         for section, field, h in headers[1:]:
             if h.shape != h0.shape:
                 problems.append(
-                    f"{where}[{section}] {field}: box {h.shape[0]}^3 does not match [{s0}] {f0} ({h0.shape[0]}^3)"
+                    f"{where}[{section}] {field}: box {box_text(h.shape)} does not match [{s0}] {f0} ({box_text(h0.shape)})"
                 )
             elif abs(h.voxel_size - h0.voxel_size) > 1e-3 * h0.voxel_size:
                 problems.append(

@@ -358,3 +358,81 @@ def test_loglik_refuses_a_map_too_small(cli, tmp_path, write_map, density):
     path = write_map("tiny.mrc", density.with_data(density.data[:1, :1, :1].contiguous()))
     result = invoke(cli, "loglik", path, "--prior", "gaussian", "-p", f"power_from={path}")
     assert result.exit_code == 1 and "1x1x1 voxels; at least 4 per edge" in result.output
+
+
+# --- non-cubic maps (tomogram crops) -------------------------------------------------------------
+
+SLAB_SHAPE = (12, 40, 20)  # (z, y, x)
+SLAB_VOXEL = 1.5  # the cryofm prior's voxel size: it is tiled, not resampled
+SLAB_ORIGIN = (4.5, -3.0, 7.5)
+
+
+@pytest.fixture
+def slab(tmp_path, write_map) -> Path:
+    """tmp_path with a non-cubic clean map (reference.mrc) and it plus noise (observation.mrc)."""
+    rng = np.random.default_rng(2)
+    grid = np.indices(SLAB_SHAPE).astype(np.float64)
+    clean = np.zeros(SLAB_SHAPE)
+    for _ in range(40):
+        centre = np.array(SLAB_SHAPE) / 2 + rng.normal(scale=np.array(SLAB_SHAPE) / 6)
+        clean += np.exp(-sum((grid[a] - centre[a]) ** 2 for a in range(3)) / (2 * 1.3**2))
+    noise = rng.normal(0, 0.1, SLAB_SHAPE)
+    write_map("reference.mrc", Volume(torch.from_numpy(clean.astype(np.float32)), SLAB_VOXEL, SLAB_ORIGIN))
+    write_map("observation.mrc", Volume(torch.from_numpy((clean + noise).astype(np.float32)), SLAB_VOXEL, SLAB_ORIGIN))
+    return tmp_path
+
+
+NON_CUBIC_TASKS = {
+    "gaussian-spectral-noise": TASK,
+    "gaussian-missing-wedge": TASK.replace('kind = "spectral-noise"\nnoise_variance = 0.01', 'kind = "missing-wedge"\nnoise_variance = 0.0')
+    .replace('kind = "flow-posterior-euler"\nsteps = 10\nguidance = "exact"', 'kind = "flow-posterior-pseudoinverse"\nsteps = 5'),
+    "cryofm-missing-wedge": TASK.replace('kind = "gaussian"', 'kind = "cryofm"')
+    .replace('kind = "spectral-noise"\nnoise_variance = 0.01', 'kind = "missing-wedge"\nnoise_variance = 0.0')
+    .replace('kind = "flow-posterior-euler"\nsteps = 10\nguidance = "exact"', 'kind = "flow-posterior-pseudoinverse"\nsteps = 3'),
+}
+
+
+@pytest.mark.parametrize("name", NON_CUBIC_TASKS)
+def test_run_on_a_non_cubic_map_keeps_its_shape_voxel_size_and_origin(cli, slab, name):
+    task = slab / "task.toml"
+    text = NON_CUBIC_TASKS[name]
+    prior, operator = name.split("-", 1)
+    assert f'kind = "{prior}"' in text and f'kind = "{operator}"' in text  # the edits of the tiny task took
+    task.write_text(text)
+    result = invoke(cli, "run", task, "--quiet")
+    assert result.exit_code == 0, result.output + result.stderr
+
+    restored = read_volume(slab / "restored.mrc")
+    assert restored.shape == SLAB_SHAPE
+    assert restored.voxel_size == pytest.approx(SLAB_VOXEL, rel=1e-6)
+    assert restored.origin == pytest.approx(SLAB_ORIGIN)
+    assert bool(torch.isfinite(restored.data).all())
+    report = json.loads((slab / "restored.json").read_text())
+    got = report["metrics"]["restored"]
+    expected = compare(restored, read_volume(slab / "reference.mrc")).as_dict()
+    assert got["auc"] == pytest.approx(expected["auc"], rel=1e-6)
+    # shells 1..Nyquist of the longest edge (40): shell r is 40 * 1.5 / r Angstrom
+    assert [p[0] for p in got["curve"]] == pytest.approx([40 * SLAB_VOXEL / r for r in range(1, 21)])
+    assert got["correlation"] > 0.5, got["correlation"]
+    assert report["warnings"] == []
+
+
+def test_fsc_of_non_cubic_maps_and_alignment_refusing_them(cli, slab):
+    a, b = slab / "observation.mrc", slab / "reference.mrc"
+    result = invoke(cli, "fsc", a, b, "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    curve = fsc(read_volume(a), read_volume(b))
+    assert len(printed["curve"]) == 20
+    for r, (resolution, value) in enumerate(printed["curve"], start=1):
+        assert resolution == pytest.approx(40 * SLAB_VOXEL / r)
+        assert value == pytest.approx(float(curve[r]), abs=1e-12)
+    # a rotation search needs cubes; it still says so
+    assert_user_error(invoke(cli, "align", a, b, "--out", slab / "aligned.mrc"), "is not cubic; alignment needs cubic boxes")
+
+
+def test_non_cubic_maps_of_different_shapes_are_refused_at_validation(cli, slab, write_map):
+    write_map("other.mrc", Volume(torch.zeros(12, 20, 40), SLAB_VOXEL))
+    task = slab / "task.toml"
+    task.write_text(TASK.replace('reference = "reference.mrc"', 'reference = "other.mrc"'))
+    assert_user_error(invoke(cli, "validate", task), "[inputs] reference: box 12x20x40 does not match [inputs] observation (12x40x20)")

@@ -112,10 +112,10 @@ BAD_TASKS = {
         "[inputs]", "observation",
         ["missing", "the operator needs an observed map"],
     ),
-    "non-cubic map": (
+    "non-cubic map of another shape": (
         ('observation = "observation.mrc"', 'observation = "slab.mrc"'),
-        "[inputs]", "observation",
-        ["slab.mrc is 16x16x12 voxels", "cubic"],
+        "[inputs]", "reference",
+        ["box 16^3 does not match [inputs] observation (16x16x12)"],
     ),
     "mismatched boxes": (
         ('reference = "reference.mrc"', 'reference = "box12.mrc"'),
@@ -198,13 +198,14 @@ def test_every_problem_is_reported_at_once(maps):
     assert all(p.startswith(f"{maps / 'task.toml'}: [") for p in error.problems)
 
 
-def test_every_file_problem_is_reported_at_once(maps):
+def test_every_file_problem_is_reported_at_once(maps, write_map, density):
+    write_map("thin.mrc", Volume(density.data[:, :, :4], density.voxel_size))
     text = edit(TASK, '"observation.mrc"', '"nowhere.mrc"')
-    text = edit(text, '"reference.mrc"', '"slab.mrc"')
+    text = edit(text, '"reference.mrc"', '"thin.mrc"')
     error = spec_error(write_task(maps, text))
     assert len(error.problems) == 2
     assert "[inputs] observation: file not found" in error.problems[0]
-    assert "[inputs] reference: slab.mrc is 16x16x12 voxels" in error.problems[1]
+    assert "[inputs] reference: thin.mrc is 16x16x4 voxels; at least 8 per edge" in error.problems[1]
 
 
 def test_every_validator_problem_of_one_section_is_reported(maps):

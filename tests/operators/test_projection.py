@@ -532,3 +532,29 @@ def test_unknown_poses_need_a_poser_at_validation(tmp_path):
     )
     with pytest.raises(SpecError, match=r"\[operator\] projection: the poses are unknown; the task needs a \[poser\]"):
         load_spec(task)
+
+
+def test_a_non_cubic_map_in_a_projection_task_is_refused_at_validation(tmp_path):
+    # Other operators take maps of any shape; projections are of a cubic map, so its maps must be cubes.
+    from cryoinverse.errors import SpecError
+    from cryoinverse.specs import load_spec
+    from tests.conftest import blob_density
+
+    n, pixel, count = 16, 2.0, 4
+    g = torch.Generator().manual_seed(6)
+    rotations = random_rotations(count, g)
+    shifts = torch.zeros(count, 2, dtype=F64)
+    params = _ctf(count)
+    reference = blob_density(n, voxel_size=pixel)
+    truth = Projection.from_poses(rotations, shifts, params, pixel_size=pixel, noise_variance=0.5)
+    _write_particles(tmp_path, truth.simulate(reference.data, g), rotations, shifts, pixel, params)
+    write_volume(tmp_path / "slab.mrc", Volume(reference.data[:, :, :12], pixel))
+    task = tmp_path / "task.toml"
+    task.write_text(
+        "[prior]\nkind = \"gaussian\"\npower = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]\n"
+        "[operator]\nkind = \"projection\"\nstar = \"particles.star\"\nparticles = \"particles.mrcs\"\nnoise_variance = 0.5\n"
+        "[sampler]\nkind = \"flow-posterior-euler\"\n"
+        "[inputs]\nreference = \"slab.mrc\"\n"
+    )
+    with pytest.raises(SpecError, match=r"\[inputs\] reference: slab.mrc is 16x16x12 voxels; operator 'projection' observes projection images of a cubic map"):
+        load_spec(task)
