@@ -290,3 +290,63 @@ def test_resampled_prior_is_differentiable_and_prepares_the_inner_prior_at_its_v
     via_prior = prior._to_map(inner.normalize(resample_tensor(x, (15, 15, 15))))
     assert torch.allclose(prior.normalize(x), via_prior, atol=1e-5)
     assert torch.allclose(prior.denormalize(prior.normalize(x)), x, atol=1e-5)
+
+
+# --- non-cubic maps (tomogram crops) ---------------------------------------------------------
+
+
+class ReflectFilter(Pointwise):
+    """v = K * x, a 3x3x3 convolution whose edges mirror the map (torch's 'reflect'), as tiling pads."""
+
+    def __init__(self, kernel, box=16):
+        super().__init__(box)
+        self.kernel = kernel
+
+    def velocity(self, x, t):
+        return reflect_filter(x, self.kernel)
+
+
+def reflect_filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    padded = F.pad(x[:, None], (1,) * 6, mode="reflect")
+    return F.conv3d(padded, kernel[None, None].to(x.dtype))[:, 0]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(10, 14, 16), (10, 40, 21), (5, 24, 17), (36, 20, 12)],
+    ids=["one-padded-box", "padded-z-tiled-y-x", "thin-z", "tiled-z-padded-x"],
+)
+def test_non_cubic_map_tiled_equals_the_filter_on_the_whole_map(shape):
+    # A translation-equivariant velocity of radius 1 that mirrors at edges is the whole map's
+    # filter exactly: axes shorter than the box are mirror-padded to it (so the map's edges see
+    # mirrored neighbours, as on the whole map), longer ones are tiled with margin 1.
+    g = torch.Generator().manual_seed(3)
+    kernel = torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    inner = ReflectFilter(kernel)
+    tiled = TiledPrior(inner, overlap=8, margin=1, batch_size=4).velocity(x, 0.5)
+    whole = reflect_filter(x, kernel)
+    assert tiled.shape == x.shape
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)
+    plans = TiledPrior(inner, overlap=8).plan(shape)
+    assert [len(p.starts) for p in plans] == [1 if n <= 16 else math.ceil((n - 8) / 8) for n in shape]
+    assert all(c.shape[-3:] == (16, 16, 16) for c in inner.calls)
+
+
+def test_non_cubic_map_at_another_voxel_size_is_resampled_per_axis():
+    # 20x48x30 at 1 A, prior at 2 A: 10x24x15 on the prior's grid (one box along z and x, mirror-
+    # padded; two along y). A pointwise prior keeps the band both grids hold exactly.
+    inner = Pointwise(box=16, voxel_size=2.0)
+    prior = adapt_prior(inner, (20, 48, 30), 1.0)
+    assert isinstance(prior, ResampledPrior) and isinstance(prior.prior, TiledPrior)
+    assert prior.prior_shape == (10, 24, 15)
+    assert prior.scale == pytest.approx(math.sqrt(10 * 24 * 15 / (20 * 48 * 30)))
+    low = _band_limited((20, 48, 30), (9, 23, 15))
+    t = 0.4
+    v = prior.velocity(low, t)
+    assert float((v - (-low + prior.scale * (0.25 + t))).abs().max()) < 1e-5
+    observation = Volume(torch.rand(20, 48, 30) + 1.0, 1.0, (3.0, -2.0, 1.0))
+    prior.prepare(PrepareContext((20, 48, 30), 1.0, torch.device("cpu"), observation, []))
+    seen = inner.prepared
+    assert seen.shape == (16, 16, 16) and seen.observation.shape == (10, 24, 15) and seen.observation.voxel_size == 2.0
+    assert seen.observation.origin == (3.0, -2.0, 1.0)
