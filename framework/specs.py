@@ -207,8 +207,11 @@ def build_attrs(cls: type, table: dict, section: str, source: Path | None, skip:
             problems.append(f"{where}{label}{key}: unknown field{hint} (fields: {known})")
             continue
         try:
-            kwargs[key] = _resolve(convert(value, fields[key].type), base)
-        except TypeError as exc:
+            value = convert(value, fields[key].type)
+            if fields[key].converter is not None:  # its own conversion first: the paths it makes are relative to the task file
+                value = fields[key].converter(value)
+            kwargs[key] = _resolve(value, base)
+        except (TypeError, ValueError) as exc:
             problems.append(f"{where}{label}{key}: {exc} ({help_of(fields[key])})")
     for name, f in fields.items():  # default paths are relative to the task file too
         if name not in kwargs and name not in skip and isinstance(f.default, Path):

@@ -33,9 +33,13 @@ under noise rising with frequency it is 1-14 times the clean map's (priors/data/
 densities (noise, solvent below zero): denormalize(normalize(x)) = max(x, 0). Without an
 observation (and without `scale`), s = 1: maps come out in units of that percentile.
 
-Without `weights`, the prior shipped with the package is used (`DEFAULT_WEIGHTS`: the `compact`
-architecture trained on 32^3 boxes of simulated maps at 1.5 A/voxel; provenance in
-`data/README.md` beside this module).
+Two priors are shipped with the package (provenance in `data/README.md` beside this module), both
+the `compact` architecture on 32^3 boxes: `weights = "default"` (`DEFAULT_WEIGHTS`, simulated
+single-particle maps at 1.5 A/voxel) and `weights = "tomo"` (`TOMO_WEIGHTS`, crowded boxes of
+complexes and filaments at 10 A/voxel, for tomograms). Without `weights` ("auto"), the runner
+picks by the map's voxel size (`for_voxel_size`): "tomo" from `AUTO_TOMO_FROM` A/voxel (the
+geometric middle of 1.5 and 10 A, where a map is equally far from both in octaves), else
+"default".
 
 The prior itself works on boxes of the trained size only and refuses others with a clear error;
 `box` and `voxel_size` tell `cryoinverse.tiling.adapt_prior` (which the runner applies) how to
@@ -66,6 +70,10 @@ TIME_CONVENTIONS = ("noise-at-0", "noise-at-1")
 LISTED = 12  # tensor names listed per kind of mismatch before "... and N more"
 # The shipped default prior (see data/README.md beside it; scripts/train_default_prior.sh rebuilds it).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "default.safetensors"
+# The shipped tomogram-scale prior (data/README.md; scripts/train_tomo_prior.sh rebuilds it).
+TOMO_WEIGHTS = Path(__file__).resolve().parent / "data" / "tomo.safetensors"
+SHIPPED = {"default": DEFAULT_WEIGHTS, "tomo": TOMO_WEIGHTS}
+AUTO_TOMO_FROM = 3.9  # A/voxel: sqrt(1.5 * 10)
 
 
 @attrs.frozen
@@ -298,8 +306,15 @@ def save_prior(
     return path
 
 
+def _weights_value(value) -> str | Path:
+    """A shipped prior's name (or "auto") stays a name; anything else is a path."""
+    return value if isinstance(value, str) and (value == "auto" or value in SHIPPED) else Path(value)
+
+
 def _weights_present(instance, attribute, value) -> None:
-    problem = _check_files(Path(value))
+    if value == "auto":
+        return
+    problem = _check_files(SHIPPED.get(value, value) if isinstance(value, str) else Path(value))
     if problem:
         raise ValueError(f"{attribute.name}: {problem}")
 
@@ -328,10 +343,11 @@ class CryoFMPrior:
 
     name: ClassVar[str] = "cryofm"
 
-    weights: Path = param(
-        DEFAULT_WEIGHTS,
-        help="network weights (.safetensors) with its JSON config <stem>.json beside it; default: the prior shipped with the package",
-        converter=Path,
+    weights: str | Path = param(
+        "auto",
+        help="network weights (.safetensors, its JSON config <stem>.json beside it), or a shipped prior: default (1.5 A/voxel), tomo (10 A/voxel), "
+        "auto (by the map's voxel size)",
+        converter=_weights_value,
         validator=_weights_present,
     )
     dtype: str = param(
@@ -377,10 +393,24 @@ class CryoFMPrior:
         ]
 
     @property
+    def weights_path(self) -> Path:
+        """The .safetensors file `weights` names ("auto" not yet resolved: the default prior's)."""
+        if isinstance(self.weights, Path):
+            return self.weights
+        return SHIPPED.get(self.weights, DEFAULT_WEIGHTS)
+
+    def for_voxel_size(self, voxel_size: float | None) -> "CryoFMPrior":
+        """This prior with `weights = "auto"` resolved for maps of `voxel_size` A/voxel (itself otherwise)."""
+        if self.weights != "auto" or not voxel_size:
+            return self
+        name = "tomo" if voxel_size >= AUTO_TOMO_FROM and TOMO_WEIGHTS.exists() else "default"
+        return attrs.evolve(self, weights=name)
+
+    @property
     def meta(self) -> PriorMeta:
         """The JSON config beside the weights (read once)."""
         if self._meta is None:
-            self._meta = read_meta(self.weights)
+            self._meta = read_meta(self.weights_path)
         return self._meta
 
     @property
@@ -407,7 +437,7 @@ class CryoFMPrior:
             self._check_box(tuple(ctx.shape))
         if ctx.voxel_size and meta.voxel_size and abs(ctx.voxel_size - meta.voxel_size) > 0.01 * meta.voxel_size:
             warnings.warn(
-                f"[prior] cryofm: the map has {ctx.voxel_size:g} A/voxel but {self.weights.name} was trained at "
+                f"[prior] cryofm: the map has {ctx.voxel_size:g} A/voxel but {self.weights_path.name} was trained at "
                 f"{meta.voxel_size:g} A/voxel; resample the map to the prior's voxel size for meaningful results",
                 stacklevel=2,
             )
@@ -423,7 +453,7 @@ class CryoFMPrior:
         if tuple(shape) != (box, box, box):
             shown = "x".join(str(n) for n in shape)
             raise DataError(
-                f"[prior] cryofm: the map is {shown} voxels but {self.weights.name} was trained on {box}^3 boxes; "
+                f"[prior] cryofm: the map is {shown} voxels but {self.weights_path.name} was trained on {box}^3 boxes; "
                 f"cut or resample the map to {box}^3, or wrap the prior with cryoinverse.tiling.adapt_prior (as the runner does)"
             )
 
@@ -433,7 +463,7 @@ class CryoFMPrior:
             if self.attention == "natten" and not natten_available():
                 raise SpecError("[prior] attention: 'natten' needs the natten package (pip install natten); use 'neighborhood'")
             backend = None if self.attention == "saved" else self.attention
-            self._model, self._meta = load_prior(self.weights, device or "cpu", local_attention=backend)
+            self._model, self._meta = load_prior(self.weights_path, device or "cpu", local_attention=backend)
         if device is not None and next(self._model.parameters()).device != torch.device(device):
             self._model = self._model.to(device)
         return self._model

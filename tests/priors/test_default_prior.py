@@ -42,7 +42,20 @@ def test_no_held_out_model_went_into_training():
 
 def test_cryofm_without_weights_is_the_shipped_prior():
     prior = CryoFMPrior()
-    assert prior.weights == DEFAULT_WEIGHTS and prior.box == 32 and prior.voxel_size == 1.5
+    assert prior.weights == "auto" and prior.weights_path == DEFAULT_WEIGHTS and prior.box == 32 and prior.voxel_size == 1.5
+    assert prior.for_voxel_size(1.2).weights_path == DEFAULT_WEIGHTS and prior.for_voxel_size(3.0).weights == "default"
+    assert CryoFMPrior(weights="default").weights_path == DEFAULT_WEIGHTS
+    assert CryoFMPrior(weights=str(DEFAULT_WEIGHTS)).for_voxel_size(10.0).weights_path == DEFAULT_WEIGHTS  # a file given is kept
+
+
+def test_tomogram_voxel_sizes_pick_the_tomogram_prior():
+    from cryoinverse.priors.cryofm import TOMO_WEIGHTS
+
+    if not TOMO_WEIGHTS.exists():
+        pytest.skip("the tomogram prior is not in this checkout")
+    prior = CryoFMPrior().for_voxel_size(10.52)
+    assert prior.weights == "tomo" and prior.voxel_size == 10.0 and prior.box == 32
+    assert CryoFMPrior(weights="tomo").voxel_size == 10.0
 
 
 def _restore(prior, sampler, degraded, operator):
