@@ -10,12 +10,13 @@
   k_z = fftfreq(nz), k_y = fftfreq(ny), k_x = fftfreq(nx) in cycles per voxel (`frequency_grid`).
   Its radial shell is r = round(|k| n_ref) with the reference edge n_ref = max(nz, ny, nx), so a
   shell is one band of physical frequency whatever the box, and on a cube of edge n this is
-  round(|k| n) as always. Shell r has resolution n_ref * voxel_size / r Angstrom; Nyquist
+  round(|k| n) as always (on other boxes |k| n_ref can be exactly m + 1/2: such ties round to
+  even, as `torch.round` does). Shell r has resolution n_ref * voxel_size / r Angstrom; Nyquist
   (0.5 cycles per voxel) is shell n_ref // 2. Along the longest axis the frequencies are spaced
   one shell apart, so every shell 0..Nyquist holds coefficients; shells beyond Nyquist (the
-  corners, up to the corner's |k| n_ref) exist and are kept, and may be empty on boxes with
-  very unequal edges: their averages are 0, never a division by zero.
-- Functions that take a box take `shape`: an int n (a cube n^3, as before) or a (z, y, x) tuple.
+  corners, up to the corner's |k| n_ref) exist and are kept. An average over a shell without
+  coefficients is 0, never a division by zero.
+- Functions that take a box take `shape`: an int n (the cube n^3) or a (z, y, x) tuple.
   Hooks that receive a box (an operator's `fourier_diagonal`) receive `compact_shape(shape)`:
   n for a cube, so code written for cubes keeps working, else the (z, y, x) tuple.
 - A per-shell spectrum is a 1D tensor indexed by shell; `expand_shells` turns it into a full

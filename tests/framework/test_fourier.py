@@ -91,11 +91,10 @@ def test_one_frequency_is_one_shell_and_one_resolution_on_every_box():
     # resolution n_ref * voxel / r is voxel / |k| within half a shell, on cubes and other boxes alike.
     voxel = 1.7
     for shape, index in (((12, 16, 9), (3, 0, 0)), ((16, 16, 16), (0, 4, 0)), ((20, 8, 40), (5, 2, 0))):
-        r = int(shell_index(shape)[index])
-        assert r == round(math.sqrt(sum(frequency(i, n) ** 2 for i, n in zip(index, shape))) * max(shape))
-        resolution = float(shell_resolutions(shape, voxel)[r])
         k = math.sqrt(sum(frequency(i, n) ** 2 for i, n in zip(index, shape)))
-        assert resolution == pytest.approx(voxel / k, rel=0.5 / r)  # within half a shell
+        r = int(shell_index(shape)[index])
+        assert r == round(k * max(shape))
+        assert float(shell_resolutions(shape, voxel)[r]) == pytest.approx(voxel / k, rel=0.5 / r)  # within half a shell
     assert float(shell_resolutions((12, 16, 9), voxel)[4]) == pytest.approx(16 * voxel / 4)
     assert math.isinf(float(shell_resolutions((12, 16, 9), voxel)[0]))
 
@@ -130,8 +129,8 @@ def test_shell_average_and_expand_shells_agree_with_a_loop():
 
 
 def test_shell_average_of_an_empty_shell_is_zero_not_nan():
-    # No shell of a box is empty (the longest axis fills 0..Nyquist, the corners are dense), so the
-    # guard is checked on a per-coefficient array that has no values in one shell on purpose.
+    # The boxes tried here have no empty shell (the longest axis fills 0..Nyquist, the corners are
+    # dense), so the guard is checked with a shell whose coefficients are all zero on purpose.
     shape = (8, 12, 10)
     values = torch.ones(shape, dtype=torch.float64)
     values[shell_index(shape) == 3] = 0.0
