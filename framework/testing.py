@@ -17,6 +17,7 @@ so the kit runs in seconds for analytic components.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Callable
@@ -35,6 +36,11 @@ NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 def sample_density(n: int = 16, batch: int = 1, seed: int = 0, voxel_size: float = 1.5) -> torch.Tensor:
     """A protein-like test density (B, n, n, n): smooth positive blobs near the centre, float32."""
+    return _sample_density(n, batch, seed).clone()  # the kit asks for the same maps many times; callers may edit theirs
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_density(n: int, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64)] * 3, indexing="ij"))
     out = torch.zeros(batch, n, n, n, dtype=torch.float64)
