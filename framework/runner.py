@@ -303,7 +303,8 @@ def check_half_maps(
     - `restored`: the FSC between the two halves restored separately (one sample each). Both
       restorations share the prior, so this FSC is an upper bound on the restoration's quality:
       a prior that invents the same density in both halves raises it.
-    - `agreement`: per shell, FSC(restored, input) against the FSC the input itself has with the
+    - `agreement`: per shell, FSC(A restored, input) (A the operator's forward: only what was
+      measured, e.g. outside a missing wedge) against the FSC the input itself has with the
       truth, sqrt(2 F / (1 + F)) (F the half-map FSC). A restoration equal to the truth reaches
       that value; one well below it, in shells where the data are strong (F >= 0.5), replaced
       measured density by the prior's: a warning names those shells.
@@ -321,7 +322,7 @@ def check_half_maps(
     vs = voxel_size or 1.0
     f_in = fsc(h1.data, h2.data)
     f_out = fsc(restored_halves[0], restored_halves[1])
-    agreement = fsc(restored.data, observation.data)
+    agreement = fsc(op.forward(restored.data[None])[0], observation.data)  # where data exist: a wedge the prior filled is not overridden data
     expected = torch.sqrt((2 * f_in.clamp(min=0) / (1 + f_in.clamp(min=0))))
     resolutions = [n * vs / r for r in range(1, f_in.numel())]
     strong = [r for r in range(1, f_in.numel()) if f_in[r] >= STRONG_FSC]
