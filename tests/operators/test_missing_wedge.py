@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from cryoinverse.components import Likelihood, Observation
-from cryoinverse.fourier import fftn, ifftn, shell_index
+from cryoinverse.components import Likelihood, Observation, PrepareContext
+from cryoinverse.errors import SpecError
+from cryoinverse.fourier import fftn, ifftn, n_shells, shell_index
 from cryoinverse.metrics import compare
+from cryoinverse.mrc import read_volume
 from cryoinverse.operators.missing_wedge import MissingWedge, wedge_mask
 from cryoinverse.priors.gaussian import GaussianPrior
 from cryoinverse.samplers.flow_posterior_pseudoinverse import FlowPosteriorPseudoinverse
+from cryoinverse.specs import load_spec
+from cryoinverse.spectra import background_noise_power, half_map_statistics
+from cryoinverse.testing import check_operator
+from cryoinverse.volume import Volume
 from tests.conftest import blob_density
 
 
@@ -165,3 +172,248 @@ def test_operator_on_a_non_cubic_map_is_a_projector_and_inpaints():
     a, noise = op.fourier_diagonal(shape)
     assert torch.equal(a.bool(), wedge_mask(shape, -50, 50)) and tuple(noise.shape) == shape
     assert op.measured_fraction(shape) == pytest.approx(float(wedge_mask(shape, -50, 50).double().mean()))
+
+
+# --- tomography inputs: tilt files, odd/even tomograms, background noise ---------------------------
+
+
+def _at_minus_k(values: torch.Tensor) -> torch.Tensor:
+    """values[(-i) mod n] on each axis: the coefficient at -k for every k."""
+    index = np.ix_(*(np.negative(np.arange(n)) % n for n in values.shape))
+    return torch.from_numpy(values.numpy()[index])
+
+
+def _tilt_file(folder, angles, name="TS_01.tlt"):
+    path = folder / name
+    path.write_text("".join(f"{a:7.2f}\n" for a in angles) + "\n")
+    return path
+
+
+def test_tilt_file_sets_the_range(tmp_path):
+    angles = [0, 3, -3, 6, -6, 9, -9, -57.0, 63.0, 60.0]  # dose-symmetric order, asymmetric range
+    op = MissingWedge(tilt_file=_tilt_file(tmp_path, angles), noise_variance=0.01)
+    assert (op.tilt_min, op.tilt_max) == (-57.0, 63.0)
+    assert torch.equal(op.mask((11, 21, 15)), wedge_mask((11, 21, 15), -57.0, 63.0))
+    # on even edges the Nyquist coefficients, their own partners, are measured when k or -k is
+    even = op.mask((12, 20, 16))
+    geometric = wedge_mask((12, 20, 16), -57.0, 63.0)
+    assert torch.equal(even, geometric | _at_minus_k(geometric)) and not torch.equal(even, geometric)
+    assert torch.equal(even, _at_minus_k(even))
+    # an explicit range that agrees with the file is accepted; one that does not is refused, naming both
+    assert MissingWedge(tilt_file=tmp_path / "TS_01.tlt", tilt_min=-57.0).tilt_max == 63.0
+    with pytest.raises(ValueError, match=r"tilt_max = 60 disagrees with tilt_file .*TS_01.tlt \(63\); give one or the other"):
+        MissingWedge(tilt_file=tmp_path / "TS_01.tlt", tilt_max=60.0)
+    with pytest.raises(ValueError, match="discrete_tilts needs tilt_file"):
+        MissingWedge(discrete_tilts=True)
+
+
+def test_discrete_tilts_measure_only_their_planes(tmp_path):
+    # Tilts -45, 0, 45 on a 16^3 cube, planes one Fourier sample thick: exactly the index planes
+    # i_z = 0, i_z = -i_x and i_z = i_x (the tilt axis y lies in all three).
+    op = MissingWedge(tilt_file=_tilt_file(tmp_path, [-45, 0, 45]), discrete_tilts=True, noise_variance=0.01)
+    n = 16
+    i = np.fft.fftfreq(n) * n
+    iz, iy, ix = np.meshgrid(i, i, i, indexing="ij")
+    planes = (iz == 0) | (iz == -ix) | (iz == ix)
+    np.testing.assert_array_equal(op.mask(n).numpy(), planes)
+    assert op.measured_fraction(n) < MissingWedge(tilt_min=-45, tilt_max=45).measured_fraction(n)
+    # tilts every 1 degree over -60..60: below the Crowther frequency (here shell 57) the planes fill the
+    # wedge; what they add lies within half a sample of the outermost planes
+    dense = MissingWedge(tilt_file=_tilt_file(tmp_path, range(-60, 61), "dense.tlt"), discrete_tilts=True).mask(n)
+    wedge = wedge_mask(n, -60, 60)
+    assert bool(dense[wedge].all())
+    extra = dense & ~wedge
+    kz, kx = (torch.from_numpy(a) for a in (iz, ix))
+    edge_distance = torch.minimum(*((kz * math.cos(t) + kx * math.sin(t)).abs() for t in (math.radians(60), math.radians(-60))))
+    assert int(extra.sum()) > 0 and float(edge_distance[extra].max()) <= 0.5 + 1e-9
+
+
+def test_tilt_file_relative_to_the_task_file_and_its_errors(tmp_path, write_map):
+    (tmp_path / "tilts").mkdir()
+    _tilt_file(tmp_path / "tilts", [-54, -51, 0, 51, 57], "TS_01.rawtlt")
+    write_map("tomogram.mrc", blob_density(16))
+    task = tmp_path / "task.toml"
+    body = (
+        'device = "cpu"\n[prior]\nkind = "gaussian"\n[sampler]\nkind = "flow-posterior-pseudoinverse"\nsteps = 2\n'
+        '[inputs]\nobservation = "tomogram.mrc"\n[operator]\nkind = "missing-wedge"\n'
+    )
+    task.write_text(body + 'tilt_file = "tilts/TS_01.rawtlt"\n')
+    op = load_spec(task).operator
+    assert op.tilt_file == tmp_path / "tilts" / "TS_01.rawtlt" and (op.tilt_min, op.tilt_max) == (-54.0, 57.0)
+    (tmp_path / "tilts" / "bad.tlt").write_text("-54\n-51\n\n0,5\n")
+    task.write_text(body + 'tilt_file = "tilts/bad.tlt"\n')
+    with pytest.raises(SpecError) as info:
+        load_spec(task)
+    assert f"{task}: [operator] tilt file {tmp_path / 'tilts' / 'bad.tlt'}: line 4: '0,5' is not a number" in str(info.value)
+    task.write_text(body + 'tilt_file = "tilts/none.tlt"\n')
+    with pytest.raises(SpecError, match="none.tlt: file not found"):
+        load_spec(task)
+
+
+def test_one_noise_source_and_the_old_default():
+    assert MissingWedge().noise_variance == 1e-4  # task files that give no noise keep working
+    assert MissingWedge(noise_power=[0.1] * 9).noise_variance is None
+    with pytest.raises(ValueError, match="give only one of noise_variance, noise_power, half_maps, background_noise; got noise_variance, background_noise"):
+        MissingWedge(noise_variance=0.1, background_noise=True)
+    with pytest.raises(ValueError, match="got noise_power, half_maps"):
+        MissingWedge(noise_power=[1.0] * 9, half_maps=["a.mrc", "b.mrc"])
+    with pytest.raises(ValueError, match="half_maps: needs exactly two maps"):
+        MissingWedge(half_maps=["a.mrc"])
+    with pytest.raises(Exception, match="not estimated yet"):
+        MissingWedge(background_noise=True).fourier_diagonal(8)
+
+
+HALF_SHAPE = (16, 32, 24)
+
+
+def _odd_even(tmp_path, write_map, tilts=(-57.0, 63.0)):
+    """Odd and even tomograms written to tmp_path: a shared blob map plus independent coloured noise, wedge-masked."""
+    g = torch.Generator().manual_seed(7)
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in HALF_SHAPE), indexing="ij"))
+    signal = torch.zeros(HALF_SHAPE, dtype=torch.float64)
+    for _ in range(12):
+        centre = torch.tensor(HALF_SHAPE, dtype=torch.float64) * torch.rand(3, generator=g, dtype=torch.float64)
+        signal += torch.exp(-((grid - centre[:, None, None, None]) ** 2).sum(0) / (2 * 1.5**2))
+    r = torch.arange(n_shells(HALF_SHAPE), dtype=torch.float64)
+    noise_half = 0.02 + 0.03 * torch.exp(-(((r - 10) / 6) ** 2))
+    m = wedge_mask(HALF_SHAPE, *tilts)
+    halves = []
+    for name in ("odd.mrc", "even.mrc"):
+        noise = ifftn(torch.sqrt(noise_half[shell_index(HALF_SHAPE)]) * fftn(torch.randn(HALF_SHAPE, generator=g, dtype=torch.float64)))
+        half = ifftn(m * fftn(signal + noise))
+        halves.append(write_map(name, Volume(half.float(), 10.52)))
+    return halves, signal, noise_half / 2
+
+
+def test_half_maps_give_the_observation_and_noise_on_the_measured_coefficients(tmp_path, write_map):
+    (odd, even), _, truth = _odd_even(tmp_path, write_map)
+    op = MissingWedge(tilt_min=-57, tilt_max=63, half_maps=[odd, even])
+    op.prepare(PrepareContext(HALF_SHAPE, 10.52, torch.device("cpu"), None, [op]))
+    h1, h2 = (read_volume(p) for p in (odd, even))
+    torch.testing.assert_close(op.default_observation().data, 0.5 * (h1.data + h2.data))
+    assert op.default_observation().voxel_size == pytest.approx(10.52)
+    assert op.halves()[0].shape == HALF_SHAPE
+    a, noise = op.fourier_diagonal(HALF_SHAPE)
+    m = wedge_mask(HALF_SHAPE, -57, 63)
+    m = m | _at_minus_k(m)
+    assert torch.equal(a, m.double())
+    want = half_map_statistics(h1.data, h2.data, measured=m)["noise_full"]
+    torch.testing.assert_close(noise, want[shell_index(HALF_SHAPE)])
+    # near the truth (shells 4..Nyquist hold >= 60 measured coefficients: 5 standard errors is 0.9 at
+    # most, the mean over them within 10%)
+    ratio = (op.shell_noise_power(HALF_SHAPE) / truth)[4:17]
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=0.1) and float((ratio - 1).abs().max()) < 0.9
+    # one half: the same wedge, twice the noise; the half-map model exists only with half maps
+    half = op.for_half_map()
+    torch.testing.assert_close(half.fourier_diagonal(HALF_SHAPE)[1], 2 * noise)
+    assert half.halves() is None and torch.equal(half.mask(HALF_SHAPE), m)
+    with pytest.raises(Exception, match="only noise estimated from half maps"):
+        MissingWedge(noise_variance=0.1).for_half_map()
+
+
+def test_background_noise_of_the_observation_in_a_task(tmp_path, write_map):
+    (odd, _), _, _ = _odd_even(tmp_path, write_map)
+
+    tomogram = read_volume(odd)
+    op = MissingWedge(tilt_min=-57, tilt_max=63, background_noise=True, background_cube=12)
+    op.prepare(PrepareContext(HALF_SHAPE, 10.52, torch.device("cpu"), tomogram, [op]))
+    want = background_noise_power(tomogram.data, op.mask, cube=12)
+    torch.testing.assert_close(op.shell_noise_power(HALF_SHAPE), want)
+    # an observation given in the operator's own table is read by load_observation, which estimates too
+    other = MissingWedge(tilt_min=-57, tilt_max=63, background_noise=True, background_cube=12)
+    assert other.load_observation(odd).shape == HALF_SHAPE
+    torch.testing.assert_close(other.shell_noise_power(HALF_SHAPE), want)
+
+
+def _conformance_configurations(tmp_path, write_map):
+
+    (odd, even), _, _ = _odd_even(tmp_path, write_map)
+    tilts = _tilt_file(tmp_path, [-57 + 3 * i for i in range(41)])  # -57..63
+    background = MissingWedge(tilt_file=tilts, background_noise=True, background_cube=12)
+    background.estimate_noise_from_background(read_volume(odd))
+    return {
+        "tilt-file-noise-power": MissingWedge(tilt_file=tilts, noise_power=[0.02 + 0.001 * r for r in range(20)]),
+        "half-maps": MissingWedge(tilt_file=tilts, half_maps=[odd, even]),
+        "half-maps-one-half": MissingWedge(tilt_file=tilts, half_maps=[odd, even]),
+        "background": background,
+        "discrete-tilts": MissingWedge(tilt_file=tilts, discrete_tilts=True, plane_thickness=2.0, noise_variance=0.01),
+    }
+
+
+@pytest.mark.parametrize("name", ["tilt-file-noise-power", "half-maps", "half-maps-one-half", "background", "discrete-tilts"])
+def test_tomography_configurations_conform(tmp_path, write_map, name):
+    op = _conformance_configurations(tmp_path, write_map)[name]
+    if name == "half-maps-one-half":
+        op.prepare(PrepareContext(HALF_SHAPE, 10.52, torch.device("cpu"), None, [op]))
+        op = op.for_half_map()
+    check_operator(op)  # on 16^3 and 12x16x9 boxes: estimated spectra are read at those boxes' frequencies
+
+
+CLI_TASK = """\
+device = "cpu"
+seed = 1
+
+[prior]
+kind = "gaussian"
+
+[operator]
+kind = "missing-wedge"
+{noise}
+
+[sampler]
+kind = "flow-posterior-euler"
+steps = 4
+guidance = "exact"
+
+[inputs]
+reference = "clean.mrc"
+{observation}
+
+[outputs]
+map = "out/restored.mrc"
+"""
+
+
+def _run_cli(task):
+    from click.testing import CliRunner
+
+    from cryoinverse.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), ["run", str(task), "--quiet"])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return json.loads((task.parent / "out" / "restored.json").read_text())
+
+
+def test_cli_run_with_a_tilt_file_and_odd_even_tomograms(tmp_path, write_map, monkeypatch):
+    (odd, even), signal, _ = _odd_even(tmp_path, write_map)
+    write_map("clean.mrc", Volume(signal.float(), 10.52))
+    (tmp_path / "tilts").mkdir()
+    _tilt_file(tmp_path / "tilts", [-57 + 3 * i for i in range(41)])
+    task = tmp_path / "task.toml"
+    noise = 'tilt_file = "tilts/TS_01.tlt"\nhalf_maps = ["odd.mrc", "even.mrc"]'
+    task.write_text(CLI_TASK.format(noise=noise, observation=""))
+    monkeypatch.chdir(tmp_path / "tilts")  # relative paths resolve against the task file, not here
+    report = _run_cli(task)
+    restored = read_volume(tmp_path / "out" / "restored.mrc")
+    assert restored.shape == HALF_SHAPE and restored.voxel_size == pytest.approx(10.52)
+    operator = report["task"]["operators"][0]
+    assert (operator["tilt_min"], operator["tilt_max"]) == (-57.0, 63.0) and operator["noise_variance"] is None
+    # the observation is the odd/even average; the runner restored each half too (its half-map check)
+    assert report["metrics"]["observation"]["correlation"] > 0.5
+    assert report["metrics"]["restored"]["correlation"] > report["metrics"]["observation"]["correlation"]
+    assert {"input", "restored", "curve"} <= set(report["half_maps"])
+    # the prior fills the wedge; the half-map check compares only what was measured, so that is no
+    # "overridden data" warning (compared over every coefficient, 2 of 7 strong shells were flagged)
+    assert report["warnings"] == []
+
+
+def test_cli_run_on_a_bare_tomogram_with_background_noise(tmp_path, write_map):
+    (odd, _), signal, _ = _odd_even(tmp_path, write_map)
+    write_map("clean.mrc", Volume(signal.float(), 10.52))
+    task = tmp_path / "task.toml"
+    task.write_text(CLI_TASK.format(noise="tilt_min = -57\ntilt_max = 63\nbackground_noise = true\nbackground_cube = 12", observation='observation = "odd.mrc"'))
+    report = _run_cli(task)
+    assert "half_maps" not in report and report["warnings"] == []
+    assert report["metrics"]["restored"]["correlation"] > report["metrics"]["observation"]["correlation"]
