@@ -242,23 +242,53 @@ def background_noise_power(
         raise ValueError(f"background noise: fraction must be in (0, 1]; got {fraction}")
     kz2, ky2, kx2 = _frequency_squared_parts(shape)
     low = ifftn(fftn(x) * torch.exp(-2 * math.pi**2 * smoothing**2 * (kz2 + ky2 + kx2)))
-    corners = [(z, y, xx) for z in _cube_starts(shape[0], c) for y in _cube_starts(shape[1], c) for xx in _cube_starts(shape[2], c)]
-    scores = torch.stack([low[z : z + c, y : y + c, xx : xx + c].var() for z, y, xx in corners])
+    starts = [torch.tensor(_cube_starts(n, c)) for n in shape]
+    scores = _cube_variances(low - low.mean(), starts, c).reshape(-1)
+    corners = torch.cartesian_prod(*starts).reshape(-1, 3)
     quiet = float(torch.quantile(scores, fraction))
-    order = scores.argsort()
-    chosen = [corners[i] for i in order.tolist() if scores[i] <= QUIET_FACTOR * quiet or i in order[:4].tolist()]
+    chosen = (scores <= QUIET_FACTOR * quiet) | (scores <= scores.sort().values[min(3, scores.numel() - 1)])
+    corners = corners[chosen]
 
     edge = _taper(c, max(2, c // 4))
     window = edge[:, None, None] * edge[None, :, None] * edge[None, None, :]
-    blocks = torch.stack([x[z : z + c, y : y + c, xx : xx + c] for z, y, xx in chosen])
-    blocks = blocks - (window * blocks).sum(dim=(1, 2, 3), keepdim=True) / window.sum()
-    power = fftn(window * blocks).abs().square().mean(0)
+    offsets = torch.arange(c)
+    power = torch.zeros(c, c, c, dtype=torch.float64)
+    for batch in corners.split(CUBE_BATCH):  # the cubes of a large tomogram a few hundred at a time
+        z, y, xx = (batch[:, i, None] + offsets for i in range(3))
+        blocks = x[z[:, :, None, None], y[:, None, :, None], xx[:, None, None, :]]
+        blocks = blocks - (window * blocks).sum(dim=(1, 2, 3), keepdim=True) / window.sum()
+        power += fftn(window * blocks).abs().square().sum(0)
+    power /= len(corners)
 
     mask = torch.ones(c, c, c, dtype=torch.bool) if measured is None else measured((c, c, c)).to("cpu", torch.bool)
     response = _windowed_response(window, mask)
     usable = mask & (response >= 0.5 * float(window.square().mean()))
     per_shell = measured_shell_average(torch.where(usable, power / response.clamp(min=1e-300), torch.zeros_like(power)), usable)
     return spectrum_on_box(per_shell, c, shape)
+
+
+CUBE_BATCH = 256
+
+
+def _cube_variances(volume: torch.Tensor, starts: list[torch.Tensor], c: int) -> torch.Tensor:
+    """Variance of `volume` inside every cube of edge c whose corner is in the product of the per-axis `starts`, (len z, len y, len x).
+
+    From integral volumes (summed-volume tables): each cube's sums are 8 table reads, whatever its size.
+    """
+
+    def box_sums(values: torch.Tensor) -> torch.Tensor:
+        table = torch.zeros(tuple(n + 1 for n in values.shape), dtype=torch.float64)
+        table[1:, 1:, 1:] = values.cumsum(0).cumsum(1).cumsum(2)
+        z0, y0, x0 = starts[0][:, None, None], starts[1][None, :, None], starts[2][None, None, :]
+        z1, y1, x1 = z0 + c, y0 + c, x0 + c
+        return (
+            table[z1, y1, x1] - table[z0, y1, x1] - table[z1, y0, x1] - table[z1, y1, x0]
+            + table[z0, y0, x1] + table[z0, y1, x0] + table[z1, y0, x0] - table[z0, y0, x0]
+        )
+
+    count = c**3
+    mean = box_sums(volume) / count
+    return box_sums(volume.square()) / count - mean.square()
 
 
 def _windowed_response(window: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
