@@ -48,7 +48,7 @@ from cryoinverse.fourier import Shape, box_text, expand_shells, fftn, frequency_
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import non_negative, one_of, param, positive
-from cryoinverse.spectra import background_noise_power, half_map_statistics, spectrum_on_box
+from cryoinverse.spectra import QUIET_FACTOR, background_noise_power, half_map_statistics, spectrum_on_box
 from cryoinverse.tilts import read_tilt_angles
 from cryoinverse.volume import Volume
 
@@ -136,9 +136,9 @@ class MissingWedge:
     half_maps: list[Path] | None = param(
         None, help="odd and even tomograms: the observation defaults to their average, its noise is estimated over the measured coefficients", validator=_two_paths, is_map=True
     )
-    background_noise: bool = param(False, help="estimate the noise per shell from the observation's quietest cubes (a tomogram without odd/even halves)")
+    background_noise: bool = param(False, help="estimate the noise per shell from the observation's quiet (particle-free) cubes: a tomogram without odd/even halves")
     background_cube: int = param(20, help="with background_noise: edge of the cubes, in voxels (at most the shortest edge is used)", validator=_cube)
-    background_fraction: float = param(0.25, help="with background_noise: quantile of the cubes' low-pass variance that sets the background level", validator=_fraction)
+    background_fraction: float = param(0.25, help=f"with background_noise: quantile of the cubes' low-pass variance taken as background; cubes up to {QUIET_FACTOR:g} times it are used", validator=_fraction)
 
     _angles: list[float] | None = attrs.field(default=None, init=False, repr=False)
     _spectrum: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
