@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .components import Likelihood, Observation, PrepareContext
 from .errors import DataError, SpecError
-from .fourier import reference_edge
+from .fourier import box_text, reference_edge
 from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
 from .poses import Poses
@@ -101,8 +101,15 @@ def _observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any
     return default() if default is not None else None
 
 
-def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None) -> RunResult:
-    """Run `spec` in memory (no files written); `observation` overrides inputs.observation."""
+def execute(
+    spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None, init: torch.Tensor | None = None
+) -> RunResult:
+    """Run `spec` in memory (no files written); `observation` overrides inputs.observation.
+
+    `init` (samples, *shape) replaces the initial noise drawn from `spec.seed`. A prior with
+    `for_voxel_size` is first replaced by what it returns for the map's voxel size (the report's
+    `task` then records the prior as run, e.g. cryofm's `weights = "auto"` resolved to "tomo").
+    """
     check_structure(spec, observation_given=observation is not None)
     validate_files(spec, geometry_given=observation is not None)
     timings: dict[str, float] = {}
@@ -142,6 +149,7 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         if None in shape:
             raise SpecError("[inputs] box: no map gives the box size; set inputs.box")
     timings["load_s"] = time.perf_counter() - t0
+    spec = for_voxel_size(spec, voxel_size)
     unknown = unknown_poses(spec)
     by_sampler = bool(unknown) and searches_poses(spec.sampler)
     found: dict[int, Poses] = {}
@@ -154,7 +162,7 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         likelihood = Likelihood([Observation(op, _to_device(y, device)) for op, y in zip(spec.operators, observed)])
 
     t1 = time.perf_counter()
-    maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name)
+    maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
     timings["sample_s"] = time.perf_counter() - t1
     warnings_: list[str] = []
     if by_sampler:
@@ -197,6 +205,17 @@ def execute(spec: TaskSpec, progress: ProgressFactory = silent, observation: Vol
         if observation is not None and observation.shape == reference.shape:
             report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
     return RunResult(volume=mean, std=std, report=report, written=[], observation=observation, poses=found)
+
+
+def for_voxel_size(spec: TaskSpec, voxel_size: float | None) -> TaskSpec:
+    """`spec` with its prior replaced by `prior.for_voxel_size(voxel_size)` where the prior has that
+    capability and it returns another prior (e.g. cryofm's "auto" weights resolved to "tomo" at
+    10 A/voxel); `spec` itself otherwise. Called before the prior is tiled or resampled."""
+    choose = getattr(spec.prior, "for_voxel_size", None)
+    if choose is None or not voxel_size:
+        return spec
+    prior = choose(voxel_size)
+    return spec if prior is spec.prior else attrs.evolve(spec, prior=prior)
 
 
 def _section(spec: TaskSpec, i: int) -> str:
@@ -252,8 +271,11 @@ def _poses_from_sampler(spec: TaskSpec, unknown: list[int]) -> tuple[dict[int, P
 def _sample(
     spec: TaskSpec, likelihood: Likelihood | None, observation: Volume | None, shape: tuple[int, int, int],
     voxel_size: float | None, device: torch.device, samples: int, seed: int, progress: ProgressFactory, label: str,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Prepare the prior and sampler for this observation and draw `samples` maps (samples, *shape), CPU float32."""
+    """Prepare the prior and sampler for this observation and draw `samples` maps (samples, *shape), CPU float32.
+
+    The initial noise is `init` when given, else drawn from `seed`."""
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators, poser=spec.poser)
     if likelihood is not None:
         ctx.operators = [obs.operator for obs in likelihood.observations]
@@ -263,8 +285,13 @@ def _sample(
     _call_prepare(prior, ctx)
     _call_prepare(spec.sampler, ctx)
     generator = torch.Generator(device=device).manual_seed(seed)
-    # All initial noise is drawn at once, so the samples do not depend on the batch size.
-    init = torch.randn((samples, *shape), generator=generator, device=device, dtype=torch.float32)
+    if init is None:
+        # All initial noise is drawn at once, so the samples do not depend on the batch size.
+        init = torch.randn((samples, *shape), generator=generator, device=device, dtype=torch.float32)
+    elif tuple(init.shape) != (samples, *shape):
+        raise ValueError(f"init has shape {tuple(init.shape)}; {samples} samples of {box_text(shape)} need {(samples, *shape)}")
+    else:
+        init = init.to(device, torch.float32)
     steps = getattr(spec.sampler, "steps", 1)
     batch = min(spec.batch or samples, samples)
     chunks = []

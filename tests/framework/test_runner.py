@@ -1,0 +1,35 @@
+"""The runner's own steps: a prior chosen by the map's voxel size before it is tiled or resampled."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import torch
+
+from cryoinverse.operators.spectral_noise import SpectralNoise
+from cryoinverse.priors.gaussian import GaussianPrior
+from cryoinverse.runner import execute
+from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
+from cryoinverse.specs import Inputs, TaskSpec
+from cryoinverse.volume import Volume
+
+
+@attrs.define
+class PickyGaussian(GaussianPrior):
+    """A gaussian prior that records the voxel size it was chosen for, as cryofm's "auto" weights are."""
+
+    name: ClassVar[str] = "picky-gaussian"
+    chosen_for: float | None = None
+
+    def for_voxel_size(self, voxel_size: float | None) -> "PickyGaussian":
+        return attrs.evolve(self, chosen_for=voxel_size)
+
+
+def test_execute_runs_the_prior_for_the_maps_voxel_size_and_reports_it():
+    prior = PickyGaussian()
+    spec = TaskSpec(prior=prior, operators=[SpectralNoise(noise_variance=0.1)], sampler=FlowPosteriorEuler(steps=2, guidance="exact"),
+                    inputs=Inputs(box=12), device="cpu")
+    result = execute(spec, observation=Volume(torch.randn(12, 16, 10, generator=torch.Generator().manual_seed(0)), 10.0))
+    assert result.report["task"]["prior"]["chosen_for"] == 10.0
+    assert prior.chosen_for is None and spec.prior is prior  # the caller's spec is left as it was
