@@ -4,11 +4,17 @@ Reads return a `Volume` whose data is (z, y, x) whatever the file's axis order (
 the origin comes from the header's ORIGIN field, or from NXSTART/NYSTART/NZSTART times the voxel
 size when ORIGIN is zero. Writes are atomic: a temporary file in the target folder, then rename,
 so a final name never holds a half-written map.
+
+Maps larger than memory: `MappedVolume` reads blocks of a map through a memory map
+(`mrcfile.mmap`), and `mapped_output` fills a new map through one (`mrcfile.new_mmap`), atomically
+like `write_volume`. Both drop the pages they touched on `release()`, so the process's resident
+memory stays at the blocks it works on rather than growing to the map's size.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import tempfile
 import warnings
@@ -21,7 +27,7 @@ import torch
 from .errors import DataError
 from .volume import Volume
 
-__all__ = ["read_volume", "write_volume", "read_header", "MapHeader", "atomic_path"]
+__all__ = ["read_volume", "write_volume", "read_header", "MapHeader", "atomic_path", "MappedVolume", "mapped_output"]
 
 
 class MapHeader:
@@ -33,9 +39,16 @@ class MapHeader:
         self.voxel_size = voxel_size
 
 
-def open_mrc(path: Path, header_only: bool):
+def _mrc_handle(path: Path, header_only: bool, mapped: bool, permissive: bool = False):
+    if mapped:
+        return mrcfile.mmap(path, mode="r", permissive=permissive)
+    return mrcfile.open(path, mode="r", permissive=permissive, header_only=header_only)
+
+
+def open_mrc(path: Path, header_only: bool, mapped: bool = False):
     """An open mrcfile handle (a context manager), permissive where mrcfile's strict reading fails;
-    DataError for a missing path, a folder, or a file that is no MRC at all."""
+    DataError for a missing path, a folder, or a file that is no MRC at all. `mapped`: the data is
+    a read-only memory map (`mrcfile.mmap`), read from disk only where it is indexed."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -44,7 +57,7 @@ def open_mrc(path: Path, header_only: bool):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            handle = mrcfile.open(path, mode="r", header_only=header_only)
+            handle = _mrc_handle(path, header_only, mapped)
         _warn_once(path, caught)
         return handle
     except Exception as strict_error:  # mrcfile raises ValueError and others on bad headers
@@ -53,7 +66,7 @@ def open_mrc(path: Path, header_only: bool):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                handle = mrcfile.open(path, mode="r", permissive=True, header_only=header_only)
+                handle = _mrc_handle(path, header_only, mapped, permissive=True)
             if handle.header is None or (not header_only and handle.data is None):
                 handle.close()
                 raise DataError(f"{path}: not a readable MRC file ({strict_error})")
@@ -183,14 +196,183 @@ def read_volume(path: str | os.PathLike, voxel_size: float | None = None) -> Vol
             raise DataError(f"{path}: holds complex (Fourier) data; a real-space map is needed")
         data = np.transpose(data, _axis_permutation(mrc)).astype(np.float32)
         vs = float(voxel_size) if voxel_size else _voxel_size(path, mrc)
-        h = mrc.header
-        origin_xyz = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
-        if not np.any(origin_xyz):
-            origin_xyz = _start_origin(mrc) * vs
+        origin = _origin(mrc, vs)
     bad = ~np.isfinite(data)
     if bad.any():
         raise DataError(f"{path}: contains {int(bad.sum())} NaN or infinite values")
-    return Volume(torch.from_numpy(np.ascontiguousarray(data)), vs, tuple(origin_xyz[::-1]))
+    return Volume(torch.from_numpy(np.ascontiguousarray(data)), vs, origin)
+
+
+def _origin(mrc, voxel_size: float) -> tuple[float, float, float]:
+    """(z, y, x) origin in Angstrom: the header's ORIGIN, or the start indices times the voxel size when ORIGIN is zero."""
+    h = mrc.header
+    origin_xyz = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
+    if not np.any(origin_xyz):
+        origin_xyz = _start_origin(mrc) * voxel_size
+    return tuple(float(v) for v in origin_xyz[::-1])
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Write back and drop from this process the resident pages of a memory-mapped array (best effort).
+
+    The data stay in the file (and in the page cache); the next access reads them again. Without
+    this, every page a long pass over a mapped map touched counts in the resident size until
+    memory runs short.
+    """
+    base = array
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)  # numpy keeps the mmap object on the np.memmap at the root of views
+    if base is None:
+        return
+    try:
+        base._mmap.flush()
+        base._mmap.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, TypeError, ValueError):
+        pass  # a platform without madvise: the kernel still reclaims clean pages under pressure
+
+
+class MappedVolume:
+    """A map on disk read block by block through a memory map; nothing is read until a block is asked for.
+
+    `shape` (z, y, x), `voxel_size` (Angstrom; `voxel_size` given overrides the header) and `origin`
+    are those `read_volume` gives. `block(start, size)` reads one block as a float32 `Volume`
+    (origin moved to the block's first voxel); `release()` drops the pages read so far from the
+    process's resident memory. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, path: str | os.PathLike, voxel_size: float | None = None):
+        self.path = Path(path)
+        self._mrc = open_mrc(self.path, header_only=False, mapped=True)
+        try:
+            data = self._mrc.data
+            if data is None:
+                raise DataError(f"{self.path}: the data block cannot be memory-mapped (mode {int(self._mrc.header.mode)})")
+            if data.ndim != 3:
+                raise DataError(f"{self.path}: holds {data.ndim}D data of shape {data.shape}; a 3D volume is needed")
+            if _is_stack(self.path, self._mrc):
+                raise DataError(f"{self.path}: is an image stack, not a 3D volume")
+            if np.iscomplexobj(data):
+                raise DataError(f"{self.path}: holds complex (Fourier) data; a real-space map is needed")
+            self.data = np.transpose(data, _axis_permutation(self._mrc))  # a view: (z, y, x), still on disk
+            self.voxel_size = float(voxel_size) if voxel_size else _voxel_size(self.path, self._mrc)
+            self.origin = _origin(self._mrc, self.voxel_size)
+        except BaseException:
+            self._mrc.close()
+            raise
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(z, y, x) in voxels."""
+        return tuple(int(n) for n in self.data.shape)
+
+    def block(self, start: tuple[int, int, int], size: tuple[int, int, int]) -> Volume:
+        """Voxels start .. start + size (per axis) as a float32 Volume; DataError for NaN or infinite values."""
+        index = tuple(slice(s, s + n) for s, n in zip(start, size))
+        data = np.array(self.data[index], dtype=np.float32, order="C", copy=True)  # a copy: never a view of the file
+        bad = ~np.isfinite(data)
+        if bad.any():
+            where = ", ".join(f"{s}:{s + n}" for s, n in zip(start, size))
+            raise DataError(f"{self.path}: contains {int(bad.sum())} NaN or infinite values (in voxels z, y, x = {where})")
+        origin = tuple(o + s * self.voxel_size for o, s in zip(self.origin, start))
+        return Volume(torch.from_numpy(data), self.voxel_size, origin)
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process's resident memory."""
+        release_pages(self._mrc.data)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._mrc.close()
+
+    def __enter__(self) -> "MappedVolume":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+STATS_SLAB_BYTES = 32 * 2**20  # header statistics of a mapped map are summed over z-slabs of about this size
+
+
+class mapped_output:
+    """A new float32 MRC map filled through a memory map, written atomically: a context manager.
+
+    Entering creates a temporary file beside `path` of `shape` (z, y, x) voxels and yields its
+    data, a writable (z, y, x) float32 memory map, zeroed (`mrcfile.new_mmap` leaves it
+    unspecified). On a clean exit the voxel size, origin (z, y, x, Angstrom) and header statistics
+    (summed slab by slab, never the whole map in memory) are written and the file is renamed onto
+    `path`; on an exception (or NaN / infinite values) the temporary file is removed, so `path` never
+    holds a partial map. `release()` drops written pages from this process's resident memory.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int, int], voxel_size: float, origin=(0.0, 0.0, 0.0), overwrite: bool = True):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.voxel_size = float(voxel_size)
+        self.origin = tuple(float(v) for v in origin)
+        self._atomic = atomic_path(self.path, overwrite)
+
+    def __enter__(self) -> np.ndarray:
+        tmp = self._atomic.__enter__()
+        try:
+            self._mrc = mrcfile.new_mmap(tmp, self.shape, mrc_mode=2, overwrite=True)
+            for z0, z1 in self._slabs():
+                self._mrc.data[z0:z1] = 0.0
+                self.release()
+        except BaseException as exc:
+            self._close_quietly()
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self._mrc.data
+
+    def _slabs(self):
+        nz, ny, nx = self.shape
+        step = max(1, STATS_SLAB_BYTES // (4 * ny * nx))
+        return [(z, min(z + step, nz)) for z in range(0, nz, step)]
+
+    def release(self) -> None:
+        """Write back the pages written so far and drop them from this process's resident memory."""
+        release_pages(self._mrc.data)
+
+    def _finish(self) -> None:
+        data, count = self._mrc.data, math.prod(self.shape)
+        low, high, total, squares = math.inf, -math.inf, 0.0, 0.0
+        for z0, z1 in self._slabs():
+            slab = np.asarray(data[z0:z1], dtype=np.float64)
+            if not np.isfinite(slab).all():
+                raise DataError(f"{self.path}: refusing to write a map with NaN or infinite values (in z = {z0}:{z1})")
+            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+            total, squares = total + float(slab.sum()), squares + float(np.square(slab).sum())
+            self.release()
+        mean = total / count
+        h = self._mrc.header
+        h.dmin, h.dmax, h.dmean = low, high, mean
+        h.rms = math.sqrt(max(squares / count - mean * mean, 0.0))
+        self._mrc.voxel_size = self.voxel_size
+        oz, oy, ox = self.origin
+        h.origin.x, h.origin.y, h.origin.z = ox, oy, oz
+        h.nxstart = h.nystart = h.nzstart = 0
+
+    def _close_quietly(self) -> None:
+        mrc = getattr(self, "_mrc", None)
+        if mrc is not None:
+            try:
+                mrc.close()
+            except Exception:
+                pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self._finish()
+                self._mrc.close()
+            except BaseException as error:
+                self._close_quietly()
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+                raise
+        else:
+            self._close_quietly()
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def _umask() -> int:

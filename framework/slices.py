@@ -27,19 +27,25 @@ def central_slices(data: torch.Tensor) -> list[np.ndarray]:
 
 def write_slices_png(path: Path, maps: dict[str, Volume | torch.Tensor], title: str | None = None) -> Path:
     """Write a PNG of the central slices of every named map (one row each), atomically."""
+    rows = {name: central_slices(m.data if isinstance(m, Volume) else m) for name, m in maps.items() if m is not None}
+    return write_planes_png(path, rows, title)
+
+
+def write_planes_png(path: Path, planes: dict[str, list[np.ndarray]], title: str | None = None) -> Path:
+    """Write a PNG of given central planes, one row of three (z, y, x planes as `central_slices`
+    returns them) per named map, atomically; for maps too large to hold, whose planes were read alone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(name, m.data if isinstance(m, Volume) else m) for name, m in maps.items() if m is not None]
+    rows = [(name, p) for name, p in planes.items() if p is not None]
     if not rows:
         raise ValueError("write_slices_png needs at least one map")
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-    for (name, data), line in zip(rows, axes):
-        planes = central_slices(data)
-        lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes]), [1.0, 99.9])
-        for ax, plane, label in zip(line, planes, PLANES):
+    for (name, row), line in zip(rows, axes):
+        lo, hi = np.percentile(np.concatenate([p.ravel() for p in row]), [1.0, 99.9])
+        for ax, plane, label in zip(line, row, PLANES):
             ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1e-12, origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])

@@ -348,3 +348,77 @@ def test_an_old_file_without_the_map_identifier_reads_with_one_warning(tmp_path)
         volume = read_volume(old)
     assert len(caught) == 1 and "non-standard header" in str(caught[0].message)
     torch.testing.assert_close(volume.data, read_volume(good).data)
+
+
+# --- memory-mapped reading and writing --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mapc, mapr, maps", [(1, 2, 3), *PERMUTED_ORDERS])
+def test_mapped_blocks_are_the_blocks_of_read_volume(tmp_path, mapc, mapr, maps):
+    from cryoinverse.mrc import MappedVolume
+
+    zyx = random_volume().data.numpy()
+    stored = np.transpose(zyx, (ARRAY_AXIS[maps], ARRAY_AXIS[mapr], ARRAY_AXIS[mapc]))
+    path = tmp_path / "permuted.mrc"
+    write_raw(path, stored, voxel_size=1.5, mapc=mapc, mapr=mapr, maps=maps, nxstart=2, nystart=4, nzstart=6)
+    whole = read_volume(path)
+    with MappedVolume(path) as mapped:
+        assert mapped.shape == whole.shape and mapped.voxel_size == whole.voxel_size and mapped.origin == pytest.approx(whole.origin)
+        block = mapped.block((1, 2, 3), (4, 5, 2))
+        block.data[...] = 0  # a copy: the file is untouched
+    np.testing.assert_array_equal(block.data.numpy(), np.zeros((4, 5, 2)))
+    with MappedVolume(path) as mapped:
+        block = mapped.block((1, 2, 3), (4, 5, 2))
+    np.testing.assert_array_equal(block.data.numpy(), zyx[1:5, 2:7, 3:5])
+    assert block.origin == pytest.approx(tuple(o + s * 1.5 for o, s in zip(whole.origin, (1, 2, 3))))
+
+
+@pytest.mark.parametrize("make, expected", [b for b in BAD_FILES if b[0] is not _non_finite], ids=lambda v: getattr(v, "__name__", "").strip("_"))
+def test_mapped_reading_refuses_what_read_volume_refuses(tmp_path, make, expected):
+    from cryoinverse.mrc import MappedVolume
+
+    path = make(tmp_path)
+    with pytest.raises(DataError) as info:
+        MappedVolume(path)
+    assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_a_mapped_block_with_nan_names_the_file_and_the_block(tmp_path):
+    from cryoinverse.mrc import MappedVolume
+
+    with MappedVolume(_non_finite(tmp_path)) as mapped:
+        with pytest.raises(DataError, match=r"NaN or infinite values \(in voxels z, y, x = 0:"):
+            mapped.block((0, 0, 0), mapped.shape)
+
+
+def test_mapped_output_writes_the_header_mrcfile_would(tmp_path):
+    from cryoinverse.mrc import mapped_output
+
+    volume = random_volume(shape=(9, 7, 8), voxel_size=2.25, origin=(1.0, -2.0, 3.5))
+    with mapped_output(tmp_path / "out.mrc", volume.shape, volume.voxel_size, volume.origin) as data:
+        assert not data.any()  # zeroed, whatever the file system leaves in a new mapping
+        data[...] += volume.data.numpy()
+    back = read_volume(tmp_path / "out.mrc")
+    np.testing.assert_array_equal(back.data.numpy(), volume.data.numpy())
+    assert back.voxel_size == 2.25 and back.origin == pytest.approx(volume.origin)
+    with mrcfile.open(tmp_path / "out.mrc") as mrc:
+        h, d = mrc.header, volume.data.numpy().astype(np.float64)
+        assert (float(h.dmin), float(h.dmax)) == (d.min(), d.max())
+        assert float(h.dmean) == pytest.approx(d.mean(), abs=1e-6) and float(h.rms) == pytest.approx(d.std(), rel=1e-6)
+        assert int(h.ispg) == 1 and (int(h.mapc), int(h.mapr), int(h.maps)) == (1, 2, 3)
+
+
+def test_mapped_output_leaves_no_file_after_an_error_or_nan(tmp_path):
+    from cryoinverse.mrc import mapped_output
+
+    target = write_volume(tmp_path / "map.mrc", random_volume(seed=0))
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="midway"):
+        with mapped_output(target, (6, 7, 8), 1.0) as data:
+            data[0] = 1.0
+            raise RuntimeError("midway")
+    with pytest.raises(DataError, match="NaN or infinite values"):
+        with mapped_output(target, (6, 7, 8), 1.0) as data:
+            data[2, 3, 4] = np.nan
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.mrc"]
