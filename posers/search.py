@@ -137,7 +137,7 @@ class Search:
         coarse_step = self.shift_range / count if count else 0.0
         limit = self.shift_range / pixel_size
         rotations, scores, shifts = [], [], []
-        for sl in self._batches(n_img, n, 2 * count + 1):
+        for sl in self._batches(n_img, n, (2 * count + 1) ** 2):
             imgs = images[sl]
             c = None if ctf is None else ctf[sl]
             if init is None:
@@ -177,13 +177,18 @@ class Search:
         return torch.logspace(math.log10(start), math.log10(final), self.refinements + 1, dtype=torch.float64).tolist()
 
     def _batches(self, n_img: int, n: int, shifts: int):
-        """Slices of images processed together, sized by `memory_gb` for the larger of the two stages (`shifts` per axis)."""
-        rotations = 12 * 4**self.level * 6 * 2**self.level
-        band = math.pi * (n / 2) ** 2 / 2  # the widest half disc
-        per_image = 4 * max(rotations * shifts * 3, 8 * self.keep * band * 8)  # bytes: score tables, candidate coefficients
+        """Slices of images processed together, sized by `memory_gb` for the larger of the two stages (`shifts` in all)."""
+        per_image = self.bytes_per_image(n, shifts)
         size = max(1, int(self.memory_gb * 2**30 / per_image))
         for start in range(0, n_img, size):
             yield slice(start, min(n_img, start + size))
+
+    def bytes_per_image(self, n: int, shifts: int) -> int:
+        """Working memory of one n x n image with `shifts` coarse shifts in all: the global stage's float32
+        score tables (rotations x shifts, three of them alive at once) or the refinement's candidate coefficients."""
+        rotations = 12 * 4**self.level * 6 * 2**self.level
+        band = math.pi * (n / 2) ** 2 / 2  # the widest half disc
+        return int(4 * max(rotations * shifts * 3, 8 * self.keep * band * 8))
 
     def _terms(self, imgs, ctf, pixel_size, resolution):
         """Band frequencies, weights, image coefficients, CTF on the band (or None) and |Y|."""

@@ -89,3 +89,24 @@ def test_recovers_cryodrgn_toy_rotations(shared_data):
     # measured: median 0.57 degrees, 99 of 100 within 5 degrees
     assert m["rotation_error_median_deg"] < final_spacing
     assert m["within_5_deg"] > 0.95
+
+
+def test_batches_keep_the_global_score_table_within_memory_gb(monkeypatch):
+    # many shifts (a wide range at small pixels): the (images, shifts, rotations) float32 table of the
+    # global stage must fit memory_gb; counting the shifts per axis instead of in all let it grow 50x
+    seen = []
+    original = Search._global
+
+    def spy(self, sampler, imgs, ctf, pixel_size, resolution, count, step_px):
+        seen.append((imgs.shape[0], (2 * count + 1) ** 2))
+        return original(self, sampler, imgs, ctf, pixel_size, resolution, count, step_px)
+
+    monkeypatch.setattr(Search, "_global", spy)
+    volume = sample_density(16, seed=3)[0].double()
+    images = project_fourier(volume, random_rotations(12, torch.Generator().manual_seed(4)))
+    search = Search(level=1, refinements=0, shift_range=6.0, memory_gb=0.01)
+    search.estimate(images, volume, 1.0)
+    rotations = 12 * 4 * 6 * 2  # level 1
+    assert seen and sum(b for b, _ in seen) == 12
+    for batch, shifts in seen:
+        assert shifts > 100 and batch * shifts * rotations * 4 <= 0.01 * 2**30
