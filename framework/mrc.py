@@ -220,9 +220,9 @@ def release_pages(array: np.ndarray) -> None:
     memory runs short.
     """
     base = array
-    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
-        base = getattr(base, "base", None)  # numpy keeps the mmap object on the np.memmap at the root of views
-    if base is None:
+    while isinstance(base, np.ndarray) and not (isinstance(base, np.memmap) and isinstance(base._mmap, mmap.mmap)):
+        base = base.base  # numpy keeps the mmap object on np.memmap views and at their root
+    if not isinstance(base, np.memmap):
         return
     try:
         base._mmap.flush()
@@ -311,6 +311,7 @@ class mapped_output:
         self.voxel_size = float(voxel_size)
         self.origin = tuple(float(v) for v in origin)
         self._atomic = atomic_path(self.path, overwrite)
+        self._mrc = None
 
     def __enter__(self) -> np.ndarray:
         tmp = self._atomic.__enter__()
@@ -354,10 +355,9 @@ class mapped_output:
         h.nxstart = h.nystart = h.nzstart = 0
 
     def _close_quietly(self) -> None:
-        mrc = getattr(self, "_mrc", None)
-        if mrc is not None:
+        if self._mrc is not None:
             try:
-                mrc.close()
+                self._mrc.close()
             except Exception:
                 pass
 
