@@ -46,9 +46,10 @@ def resolve_device(name: str) -> torch.device:
 @attrs.define
 class RunResult:
     """What a task produced: the map (mean over samples), its std map, the report, written files, and
-    the poses estimated for operators whose poses were unknown (operator index -> `Poses`)."""
+    the poses estimated for operators whose poses were unknown (operator index -> `Poses`).
+    A chunked run (`cryoinverse.chunked`) leaves its maps on disk only: `volume` and `std` are None."""
 
-    volume: Volume
+    volume: Volume | None
     std: Volume | None
     report: dict
     written: list[Path]
@@ -106,9 +107,11 @@ def execute(
 ) -> RunResult:
     """Run `spec` in memory (no files written); `observation` overrides inputs.observation.
 
-    `init` (samples, *shape) replaces the initial noise drawn from `spec.seed`. A prior with
+    `init` (samples, *shape) replaces the initial noise drawn from `spec.seed` (the chunked runner,
+    `cryoinverse.chunked`, gives each chunk its crop of one noise field). A prior with
     `for_voxel_size` is first replaced by what it returns for the map's voxel size (the report's
     `task` then records the prior as run, e.g. cryofm's `weights = "auto"` resolved to "tomo").
+    `spec.chunk` is not used here: chunked restoration writes to files (`run_task`).
     """
     check_structure(spec, observation_given=observation is not None)
     validate_files(spec, geometry_given=observation is not None)
@@ -413,7 +416,14 @@ def _mean_pairwise_auc(maps: torch.Tensor) -> float:
 
 
 def run_task(spec: TaskSpec, overwrite: bool = False, progress: ProgressFactory = silent) -> RunResult:
-    """Run `spec` and write what `[outputs]` names plus the JSON report."""
+    """Run `spec` and write what `[outputs]` names plus the JSON report.
+
+    With `spec.chunk` set, the map is restored chunk by chunk (`cryoinverse.chunked.run_chunked`).
+    """
+    if spec.chunk is not None:
+        from .chunked import run_chunked
+
+        return run_chunked(spec, overwrite, progress)
     outputs = spec.outputs
     check_outputs(outputs.paths(poses=len(unknown_poses(spec))), overwrite)
     result = execute(spec, progress)

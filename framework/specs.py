@@ -3,7 +3,9 @@
 A task file has component sections `[prior]`, `[operator]` (or `[[operators]]`), `[sampler]`,
 optionally `[poser]`, each with `kind = "<registered name>"` plus that component's own fields
 (the attrs fields of the registered class), and plain sections `[inputs]` and `[outputs]`, and
-top-level `seed`, `device` and `samples`. Relative paths are relative to the task file's folder.
+top-level settings (`seed`, `device`, `samples`, `batch`, `check_halves`, and `chunk` /
+`chunk_overlap` for chunk-by-chunk restoration of large maps, `cryoinverse.chunked`). Relative
+paths are relative to the task file's folder.
 Every problem found is reported at once, each naming file, section and field.
 
 The same objects compose in Python without TOML:
@@ -34,6 +36,21 @@ COMPONENT_SECTIONS = ("prior", "operator", "sampler", "poser")
 def _device(instance, attribute, value: str) -> None:
     if value not in ("auto", "cpu") and not value.startswith("cuda"):
         raise ValueError(f"device: must be 'auto', 'cpu' or 'cuda[:N]'; got {value!r}")
+
+
+CHUNK_HELP = "restore the map in overlapping cubes of this many voxels per edge, one at a time, memory-mapping input and output (memory bounded by the chunk, not the map); default: the whole map at once"
+CHUNK_OVERLAP_HELP = "with chunk: voxels that neighbouring chunks share, blended smoothly (default: a quarter of chunk; a quarter of the overlap at each inner chunk edge is discarded)"
+MIN_CHUNK = 8  # voxels per chunk edge: as for maps, fewer leave too few Fourier shells
+
+
+def _chunk_edge(instance, attribute, value) -> None:
+    if value is not None and value < MIN_CHUNK:
+        raise ValueError(f"{attribute.name}: must be at least {MIN_CHUNK} voxels; got {value}")
+
+
+def _non_negative_int(instance, attribute, value) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name}: must be >= 0 voxels; got {value}")
 
 
 @attrs.frozen
@@ -108,6 +125,8 @@ class TaskSpec:
     batch: int | None = param(None, help="samples run together in one batch (default: all; lower it to save memory)", validator=positive)
     observations: list = param(factory=list, help="per-operator observation paths (None: inputs.observation or the operator's own)")
     check_halves: bool = param(True, help="with half maps, also restore each half separately and report their FSC and where the prior overrode the data (two more restorations)")
+    chunk: int | None = param(None, help=CHUNK_HELP, validator=_chunk_edge)
+    chunk_overlap: int | None = param(None, help=CHUNK_OVERLAP_HELP, validator=_non_negative_int)
     source: Path | None = attrs.field(default=None, metadata={"help": "the task file this spec came from"})
 
     def observation_paths(self) -> list[Path | None]:
@@ -123,7 +142,8 @@ class TaskSpec:
         return self.operators[0] if self.operators else None
 
 
-TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", "seed", "device", "samples", "batch", "check_halves"}
+SETTINGS = ("seed", "device", "samples", "batch", "check_halves", "chunk", "chunk_overlap")
+TOP_LEVEL = {"prior", "operator", "operators", "sampler", "poser", "inputs", "outputs", *SETTINGS}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -314,7 +334,7 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
             continue
         built[section], errs = build_attrs(cls, table, section, source)
         problems += errs
-    settings = {k: raw[k] for k in ("seed", "device", "samples", "batch", "check_halves") if k in raw}
+    settings = {k: raw[k] for k in SETTINGS if k in raw}
     top, errs = build_attrs(_Settings, settings, "", source)
     problems += errs
     if problems:
@@ -332,6 +352,8 @@ def spec_from_dict(raw: dict, source: Path | None = None, registry: Registry | N
         samples=top.samples,
         batch=top.batch,
         check_halves=top.check_halves,
+        chunk=top.chunk,
+        chunk_overlap=top.chunk_overlap,
         source=source,
     )
     check_structure(spec)
@@ -345,6 +367,8 @@ class _Settings:
     samples: int = param(1, help="number of posterior samples", validator=positive)
     batch: int | None = param(None, help="samples run together in one batch", validator=positive)
     check_halves: bool = param(True, help="with half maps, also restore each half separately")
+    chunk: int | None = param(None, help="voxels per chunk edge (chunked restoration)", validator=_chunk_edge)
+    chunk_overlap: int | None = param(None, help="voxels neighbouring chunks share", validator=_non_negative_int)
 
 
 def _supplies_observation(op: Any) -> bool:
@@ -378,6 +402,10 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
             problems.append(f"{where}[inputs] initial_map: missing; {_initial_map_needed(spec, section, op)}")
     if spec.outputs.std is not None and spec.samples < 2:
         problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
+    if spec.chunk_overlap is not None and spec.chunk is None:
+        problems.append(f"{where}chunk_overlap: only used with chunk (the chunk edge in voxels); set chunk too, or remove chunk_overlap")
+    elif spec.chunk_overlap is not None and spec.chunk_overlap >= spec.chunk:
+        problems.append(f"{where}chunk_overlap: {spec.chunk_overlap} voxels must be smaller than chunk ({spec.chunk})")
     if problems:
         raise SpecError(problems)
 
@@ -504,6 +532,8 @@ def spec_to_dict(spec: TaskSpec) -> dict:
         "samples": spec.samples,
         "batch": spec.batch,
         "check_halves": spec.check_halves,
+        "chunk": spec.chunk,
+        "chunk_overlap": spec.chunk_overlap,
     }
 
 
