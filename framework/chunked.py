@@ -270,9 +270,17 @@ def check_chunkable(spec: TaskSpec) -> None:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's peak resident memory so far (MiB): VmHWM of /proc/self/status where there is
+    one (Linux), else ru_maxrss. Linux carries ru_maxrss across exec, so a process started by a
+    larger one would report that one's peak; VmHWM belongs to this process's own memory."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _central_planes(data: np.ndarray, release) -> list[np.ndarray]:
