@@ -20,12 +20,16 @@ face it is not: the chunk's FFT joins that face to the opposite one, so the filt
 density from the wrong side. A smooth filter reaches a few voxels, and a chunked restoration
 then equals the whole-map one wherever the margin covers that reach (tests/framework/
 test_chunked.py); the missing wedge's kernel falls off only as 1/r^3 and is elongated along the
-beam, so part of its wrap-around error remains in the tapered part of the overlaps, and the
-prior fills the wedge there from density that is partly the opposite face's. Wider overlaps
-(`chunk_overlap`) discard more of it at the price of more chunks. On the map's own border a
-chunk wraps onto its own far face, not onto the map's opposite border as the whole-map run does:
-different there, but no worse (neither map is periodic). Estimates taken from the observation
-(the noise of `background_noise`, the `gaussian` prior's spectrum) see only the chunk.
+beam, so some wrap-around error remains. Measured with the Wiener filter of a +-60 degree wedge
+and FSC-shaped noise on a 128 x 192 x 192 map at 10 A, chunks of 64-128 voxels differ from the
+whole-map result by 0.7 % (relative mean square) more than 24 voxels from the map's border, with
+no visible rise at inner chunk faces; a wider `chunk_overlap` changed nothing measurable. On the
+map's own border a chunk wraps onto its own far face, not onto the map's opposite border as the
+whole-map run does: different there, but no worse on real data, since neither map is periodic.
+(A map degraded synthetically on its whole box *is* periodic, so there the whole-map run is
+exact and chunks are not: compare on crops cut from a larger degraded map, as bench/tomogram.py
+does, where chunks of 40 voxels on 64^3 crops cost no AUC-FSC.) Estimates taken from the
+observation (the noise of `background_noise`, the `gaussian` prior's spectrum) see only the chunk.
 
 Consistency across chunks:
 - initial noise: one N(0, 1) field over the whole map, made of NOISE_BLOCK^3 blocks each drawn
