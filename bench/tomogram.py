@@ -16,7 +16,9 @@ a. Speed and memory. A `--tomogram` (z, y, x) map (200 x 400 x 400, 128 MB as fl
    operator, flow-posterior-euler (Wiener guidance) with `--steps` steps, torch on `--threads`
    threads. Printed: wall time of the child (Python start included) and its time in chunks, the
    child's peak resident memory (its ru_maxrss, from its report), chunks, steps and settings.
-   Target: under 15 minutes and 4 GB on 2 CPU cores.
+   Target: under 15 minutes and 4 GB on 2 CPU cores. Measured on 2 cores shared with other jobs,
+   one thread, the tomogram prior: 282 s, 1.04 GiB (the same settings on two threads of that busy
+   machine ran the network ~20 times slower per box: give `--threads 1` when cores are shared).
 b. Quality. `--crops` crops of `--crop`^3 voxels, each cut at a random offset from a mosaic of
    2 x 2 x 2 boxes (turned and mirrored at random) degraded as a whole, so that a crop's faces are
    those of a piece of a tomogram, not of a periodic box (a box degraded on its own is exactly
