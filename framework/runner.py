@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .components import Likelihood, Observation, PrepareContext
 from .errors import DataError, SpecError
-from .fourier import box_text, reference_edge
+from .fourier import box_text, grid_shape, reference_edge
 from .metrics import compare
 from .mrc import atomic_path, read_volume, write_volume
 from .poses import Poses
@@ -125,7 +125,7 @@ def execute(
     mask = _load(spec.inputs.mask, vs)
     geometry = observation or reference
     box = spec.inputs.box or getattr(spec.prior, "box", None)
-    shape = geometry.shape if geometry else (box,) * 3  # (None,)*3 until an operator knows it
+    shape = geometry.shape if geometry else (grid_shape(box) if box is not None else (None,) * 3)  # (None,)*3 until an operator knows it
     voxel_size = geometry.voxel_size if geometry else vs
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)
     for op in spec.operators:

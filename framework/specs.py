@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from .errors import CryoinverseError, DataError, RegistryError, SpecError
-from .fourier import box_text
+from .fourier import box_text, grid_shape
 from .mrc import read_header
 from .params import help_of, param, positive
 from .registry import Registry, get_registry
@@ -53,6 +53,19 @@ def _non_negative_int(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name}: must be >= 0 voxels; got {value}")
 
 
+def _box(value):
+    """An edge n stays n; a list or tuple of three positive edges becomes the (z, y, x) tuple."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        edges = grid_shape(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"box: an edge n > 0 or three edges [z, y, x] > 0; got {value!r}") from None
+    return edges[0] if isinstance(value, int) else edges
+
+
 @attrs.frozen
 class Inputs:
     """Input maps of a task."""
@@ -61,7 +74,9 @@ class Inputs:
     reference: Path | None = param(None, help="clean reference map: metrics against it go in the report", is_map=True)
     mask: Path | None = param(None, help="mask (0..1) applied to both maps for the reported FSC", is_map=True)
     voxel_size: float | None = param(None, help="voxel size in Angstrom, overriding the maps' headers", validator=positive)
-    box: int | None = param(None, help="box edge in voxels when no map gives it (prior sampling)", validator=positive)
+    box: int | tuple[int, int, int] | None = param(
+        None, help="box in voxels when no map gives it (prior sampling): an edge n (n^3) or [z, y, x]", converter=_box,
+    )
     initial_map: Path | None = param(
         None,
         help="map the [poser] matches the particle images against when their poses are unknown, before sampling "

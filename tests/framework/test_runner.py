@@ -33,3 +33,25 @@ def test_execute_runs_the_prior_for_the_maps_voxel_size_and_reports_it():
     result = execute(spec, observation=Volume(torch.randn(12, 16, 10, generator=torch.Generator().manual_seed(0)), 10.0))
     assert result.report["task"]["prior"]["chosen_for"] == 10.0
     assert prior.chosen_for is None and spec.prior is prior  # the caller's spec is left as it was
+
+
+def test_prior_sampling_takes_a_non_cubic_box_from_the_task_file():
+    from cryoinverse.samplers.prior import PriorSampler
+    from cryoinverse.specs import spec_from_dict
+
+    from cryoinverse.fourier import n_shells
+
+    white = [1.0] * n_shells((6, 8, 10))
+    spec = spec_from_dict({"device": "cpu", "prior": {"kind": "gaussian", "power": white}, "sampler": {"kind": "prior", "steps": 2},
+                           "inputs": {"box": [6, 8, 10], "voxel_size": 2.0}})
+    assert spec.inputs.box == (6, 8, 10) and isinstance(spec.sampler, PriorSampler)
+    assert execute(spec).volume.shape == (6, 8, 10)
+    assert spec_from_dict({"prior": {"kind": "gaussian"}, "sampler": {"kind": "prior"}, "inputs": {"box": 12}}).inputs.box == 12
+
+
+def test_a_box_that_is_not_one_or_three_positive_edges_is_refused():
+    import pytest
+
+    for bad in ([4, 4], [4, 0, 4], 0, 2.5, True, "12"):
+        with pytest.raises(ValueError, match="box: an edge n > 0 or three edges"):
+            Inputs(box=bad)
