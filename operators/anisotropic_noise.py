@@ -64,6 +64,10 @@ class AnisotropicNoise(SpectralNoise):
     _table: tuple[torch.Tensor, torch.Tensor] | None = attrs.field(default=None, init=False, repr=False)
     _renormalise: bool = attrs.field(default=False, init=False, repr=False)
 
+    # Its half-map noise is more than a per-shell spectrum (direction factors too), so it offers no
+    # `half_map_noise`: a chunked run refuses its half maps rather than drop the anisotropy.
+    half_map_noise: ClassVar[None] = None
+
     @classmethod
     def estimate(cls, half_map_1: Volume | torch.Tensor, half_map_2: Volume | torch.Tensor, n_directions: int = 64) -> "AnisotropicNoise":
         """Noise of the full map (h1 + h2) / 2: shell powers from the FSC, direction factors from h1 - h2."""

@@ -215,11 +215,14 @@ class MissingWedge:
     def estimate_noise_from_halves(self, half_map_1: Volume | torch.Tensor, half_map_2: Volume | torch.Tensor) -> "MissingWedge":
         """Set the noise of the average (h1 + h2) / 2 from two half maps, over this wedge's measured coefficients; returns self."""
         h1, h2 = (h if isinstance(h, Volume) else Volume(h) for h in (half_map_1, half_map_2))
-        shape = h1.shape
-        stats = half_map_statistics(h1.data, h2.data, measured=self.mask(shape))
-        self._spectrum, self._spectrum_edge = stats["noise_full"], reference_edge(shape)
+        self._spectrum, self._spectrum_edge = self.half_map_noise(h1, h2), reference_edge(h1.shape)
         self._halves = (h1, h2)
         return self
+
+    def half_map_noise(self, half_map_1: Volume | torch.Tensor, half_map_2: Volume | torch.Tensor) -> torch.Tensor:
+        """Noise power per shell of the average (h1 + h2) / 2 on the halves' own box, over the measured coefficients; sets nothing."""
+        h1, h2 = (h.data if isinstance(h, Volume) else h for h in (half_map_1, half_map_2))
+        return half_map_statistics(h1, h2, measured=self.mask(tuple(h1.shape[-3:])))["noise_full"]
 
     def estimate_noise_from_background(self, observation: Volume | torch.Tensor) -> "MissingWedge":
         """Set the noise per shell from the observation's quietest cubes (`background_noise_power`); returns self."""

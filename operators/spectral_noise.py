@@ -58,10 +58,8 @@ class SpectralNoise:
     @classmethod
     def estimate(cls, half_map_1: Volume | torch.Tensor, half_map_2: Volume | torch.Tensor) -> "SpectralNoise":
         """The noise model of the full map (h1 + h2) / 2, estimated from its two half maps."""
-        h1 = half_map_1.data if isinstance(half_map_1, Volume) else half_map_1
-        h2 = half_map_2.data if isinstance(half_map_2, Volume) else half_map_2
         op = cls()
-        op._spectrum = half_map_statistics(h1, h2)["noise_full"]
+        op._spectrum = op.half_map_noise(half_map_1, half_map_2)
         return op
 
     def prepare(self, ctx: PrepareContext) -> None:
@@ -71,7 +69,12 @@ class SpectralNoise:
             if h1.shape != h2.shape:
                 raise SpecError(f"[operator] half_maps: shapes differ ({h1.shape} vs {h2.shape})")
             self._halves = (h1, h2)
-            self._spectrum = half_map_statistics(h1.data, h2.data)["noise_full"]
+            self._spectrum = self.half_map_noise(h1, h2)
+
+    def half_map_noise(self, half_map_1: Volume | torch.Tensor, half_map_2: Volume | torch.Tensor) -> torch.Tensor:
+        """Noise power per shell of the average (h1 + h2) / 2 on the halves' own box; sets nothing."""
+        h1, h2 = (h.data if isinstance(h, Volume) else h for h in (half_map_1, half_map_2))
+        return half_map_statistics(h1, h2)["noise_full"]
 
     def default_observation(self) -> Volume | None:
         """The average of the half maps, when the noise came from them."""
