@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
+from cryoinverse.optim import optimiser_step
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
 from cryoinverse.priors.training import _lr_at, _options_from, _save_checkpoint, maps_in, train
@@ -263,14 +264,7 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
             with autocast:
                 pred, confidence, pred_shifts = model(images.to(device))
             loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimiser.step()
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
+            optimiser_step(loss, model, ema, optimiser, step, cfg.grad_clip, cfg.ema_decay)
             step += 1
             losses.append(float(loss.detach()))
             if step % cfg.log_every == 0 or step == cfg.steps:

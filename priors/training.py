@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import atomic_path, read_volume
+from cryoinverse.optim import optimiser_step
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.rotations import random_rotations
 
@@ -232,14 +233,7 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
                 group["lr"] = _lr_at(step, cfg)
             with autocast:
                 loss = flow_matching_loss(net, x1, device_generator)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimiser.step()
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
+            optimiser_step(loss, model, ema, optimiser, step, cfg.grad_clip, cfg.ema_decay)
             step += 1
             losses.append(float(loss.detach()))
             if progress is not None:
