@@ -41,13 +41,14 @@ DATA = HERE.parent.parent.parent / "shared" / "data" / "tomograms"
 TILT = 60.0
 
 
-def task_text(observation: Path, out: Path, prior: str, steps: int) -> str:
+def task_text(observation: Path, out: Path, prior: str, steps: int, samples: int = 1) -> str:
     """The task file of one crop."""
     if prior == "gaussian":
         prior_table, sampler = 'kind = "gaussian"', f'kind = "flow-posterior-pseudoinverse"\nsteps = {steps}'
     else:
         prior_table, sampler = 'kind = "cryofm"\nweights = "tomo"\ntile_overlap = 8', f'kind = "flow-posterior-euler"\nsteps = {steps}'
     return f"""seed = 0
+samples = {samples}
 
 [prior]
 {prior_table}
@@ -173,23 +174,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("tomo-out"), help="output folder")
     parser.add_argument("--prior", choices=["auto", "cryofm", "gaussian"], default="auto", help="auto: the tomogram prior if shipped, else gaussian")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: 20 learned, 50 gaussian)")
+    parser.add_argument("--samples", type=int, default=None, help="posterior samples averaged into the map (default: 4 learned, 1 gaussian)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding 13pf_MT.mrc and 14pf_MT.mrc")
     args = parser.parse_args()
     prior = ("cryofm" if TOMO_WEIGHTS.exists() else "gaussian") if args.prior == "auto" else args.prior
     steps = args.steps or (20 if prior == "cryofm" else 50)
+    samples = args.samples or (4 if prior == "cryofm" else 1)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"prior {prior}, {steps} steps, missing wedge ±{TILT:g}° about y, noise from background cubes")
+    print(f"prior {prior}, {steps} steps, mean of {samples} samples, missing wedge ±{TILT:g}° about y, noise from background cubes")
     for name in ("13pf_MT", "14pf_MT"):
         source = args.data / f"{name}.mrc"
         task = args.out / f"{name}.toml"
         restored = args.out / f"{name}_restored.mrc"
-        task.write_text(task_text(source.resolve(), restored.resolve(), prior, steps))
+        task.write_text(task_text(source.resolve(), restored.resolve(), prior, steps, samples))
         run_task(load_spec(task), overwrite=True)
         before = read_volume(source).data.double().numpy()
         after = read_volume(restored).data.double().numpy()
         voxel = read_volume(source).voxel_size
-        slices_png(before, after, args.out / f"{name}_slices.png", f"{name}: {before.shape} voxels at {voxel:g} Å; prior {prior}, {steps} steps")
+        slices_png(before, after, args.out / f"{name}_slices.png", f"{name}: {before.shape} voxels at {voxel:g} Å; prior {prior}, {steps} steps, {samples} samples")
         angle = axis_angle(before)
         peaks_in, peaks_out = lattice_peaks(before, voxel, angle), lattice_peaks(after, voxel, angle)
         agreement = ", ".join(f"{band} {c:.2f}" for band, c in measured_agreement(before, after, voxel))
