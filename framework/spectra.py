@@ -128,7 +128,7 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor, measured: torc
     p_half = 0.5 * (p1 + p2)
     fsc_pos = fsc.clamp(min=0.0, max=1.0 - 1e-6)
     noise_half = _pooled_low_shells(average((f1 - f2).abs().square()) / 2.0, counts)
-    noise_half = noise_half.clamp(min=1e-12 * float(p_half.max()))
+    noise_half = noise_half.clamp(min=1e-12 * ac_max(p_half))
     return {
         "fsc": fsc,
         "power_half": p_half,
@@ -139,13 +139,25 @@ def half_map_statistics(half1: torch.Tensor, half2: torch.Tensor, measured: torc
     }
 
 
+def ac_max(spectrum: torch.Tensor) -> float:
+    """The largest value of a per-shell spectrum beyond shell 0: what floors are set relative to.
+
+    Shell 0 holds the map's mean, which says nothing about the power of its fluctuations: a real
+    tomogram's mean (~100 in its units) puts ~1e10 there against ~1e3 in the other shells, and a
+    floor of a millionth of that would exceed the noise in every high shell.
+    """
+    values = spectrum.reshape(-1)
+    return float(values[1:].max()) if values.numel() > 1 else float(values.max())
+
+
 def signal_power(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     """Per-coefficient signal power (nz, ny, nx) of a map estimated from Fourier-diagonal observations.
 
     `info` and `stat` are a likelihood's sufficient statistics (`Likelihood.fourier_information`):
     the combined observation stat / info has noise power 1 / info where info > 0. A shell's signal
     power is its mean observed power minus its mean noise power over the observed coefficients
-    (empirical Bayes), floored at a millionth of the largest shell's so weights stay finite.
+    (empirical Bayes), floored at a millionth of the largest shell's beyond shell 0 (`ac_max`) so
+    weights stay finite.
     """
     seen = info > 0
     safe = info.clamp(min=1e-300)
@@ -154,7 +166,7 @@ def signal_power(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     noise = shell_average(torch.where(seen, 1.0 / safe, torch.zeros_like(info)))
     fraction = shell_average(seen.to(info.dtype)).clamp(min=1e-12)
     shell = ((power - noise) / fraction).clamp(min=0.0)
-    shell = shell.clamp(min=1e-6 * float(shell.max()))
+    shell = shell.clamp(min=1e-6 * ac_max(shell))
     return expand_shells(shell, tuple(info.shape[-3:]))
 
 

@@ -28,7 +28,7 @@ from cryoinverse.fourier import Shape, box_text, compact_shape, expand_shells, f
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
-from cryoinverse.spectra import radial_power
+from cryoinverse.spectra import ac_max, radial_power
 
 
 PASSED = 0.01  # shells an operator passes at under this fraction of its best (mean a^2) borrow their spectrum
@@ -72,7 +72,7 @@ class GaussianPrior:
     power_from: Path | None = param(None, help="map whose radial power spectrum (minus the mean map) is used", is_map=True)
     mean_from: Path | None = param(None, help="map used as the prior mean (default: zero)", is_map=True)
     power_floor: float = param(
-        1e-6, help="smallest power, relative to the largest, when the spectrum is estimated", validator=positive
+        1e-6, help="smallest power, relative to the largest beyond shell 0 (the mean), when the spectrum is estimated", validator=positive
     )
 
     _spectrum: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
@@ -92,7 +92,7 @@ class GaussianPrior:
         return prior
 
     def _floored(self, spectrum: torch.Tensor) -> torch.Tensor:
-        return spectrum.clamp(min=self.power_floor * float(spectrum.max()))
+        return spectrum.clamp(min=self.power_floor * ac_max(spectrum))
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Load mean and spectrum; without `power`/`power_from`, estimate signal power from the observed map,

@@ -51,11 +51,35 @@ def test_wiener_estimate_is_the_per_shell_wiener_filter():
     fy = np.fft.fftn(y.double().numpy(), norm="ortho")
     power = np.array([np.mean(np.abs(fy[shells == r]) ** 2) for r in range(shells.max() + 1)])
     s = np.clip(power - noise[: shells.max() + 1], 0, None)
-    s = np.maximum(s, 1e-6 * s.max())
+    s = np.maximum(s, 1e-6 * s[1:].max())  # the floor ignores shell 0, the map's mean
     filt = s[shells] / (s[shells] + noise[shells])
     want = np.fft.ifftn(filt * fy, norm="ortho").real
     np.testing.assert_allclose(got, want, atol=1e-10)
     np.testing.assert_allclose(signal_power(info, stat).numpy(), s[shells], rtol=1e-10)
+
+
+def test_a_map_offset_changes_no_shell_but_the_mean():
+    # A real tomogram has a mean of ~100 in its units: ~1e10 in shell 0 against ~1e3 elsewhere. The
+    # signal estimate of every other shell, and so the Wiener filter there, must not depend on it;
+    # where the clean map has no power the filter must pass almost nothing of the noise.
+    n = 16
+    clean = blob_density(n, seed=4)
+    op = SpectralNoise(noise_variance=0.1)
+    y = op.simulate(clean.data, torch.Generator().manual_seed(2)).double()
+    shells = torch.as_tensor(_shells(n))
+    estimates = []
+    for offset in (0.0, 100.0):
+        info, stat = Likelihood([Observation(op, y + offset)]).fourier_information()
+        power = signal_power(info, stat)
+        estimates.append((power, wiener_estimate(info, stat)))
+    (p0, w0), (p1, w1) = estimates
+    torch.testing.assert_close(p1[shells > 0], p0[shells > 0], rtol=1e-9, atol=0)
+    torch.testing.assert_close(w1 - w1.mean(), w0 - w0.mean(), rtol=0, atol=1e-8)
+    clean_power = fftn(clean.data.double()).abs().square()
+    empty = (shells >= 6) & (clean_power < 1e-6)  # the blobs' power is gone there: pure noise
+    assert int(empty.sum()) > 500
+    gain = (fftn(w1).abs().square()[empty].sum() / fftn(y).abs().square()[empty].sum()).item()
+    assert gain < 0.01
 
 
 def test_two_observations_combine_like_their_average():
