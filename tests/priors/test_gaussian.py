@@ -81,9 +81,11 @@ def test_from_map_and_floor(density):
     prior = GaussianPrior.from_map(density, power_floor=1e-3)
     spec = prior.spectrum(density.shape[-1])
     raw = radial_power(density.data)
-    assert spec.min() >= 1e-3 * raw.max() * (1 - 1e-12)
-    big = raw >= 1e-3 * raw.max()
+    reference = raw[1:].max()  # shell 0 is the map's mean: floors ignore it
+    assert spec.min() >= 1e-3 * reference * (1 - 1e-12)
+    big = raw >= 1e-3 * reference
     torch.testing.assert_close(spec[big], raw[big])
+    assert int((~big).sum()) > 0 and torch.allclose(spec[~big], torch.full_like(spec[~big], 1e-3 * float(reference)))
 
 
 def test_power_list_too_short_is_an_error():
