@@ -20,15 +20,8 @@ models="${1:-$here/../shared/data/models}"
 work="${2:-default-poser-work}"
 steps="${3:-30000}"
 
-heldout="$(grep -v '^#' "$here/bench/default_prior_heldout.txt" | tr '\n' ' ')"
-train_models=()
-for f in "$models"/*.pdb "$models"/*.cif; do
-    [ -e "$f" ] || continue
-    id="$(basename "${f%.*}")"
-    case " $heldout " in *" $id "*) continue ;; esac
-    train_models+=("$f")
-done
-echo "training on ${#train_models[@]} models; held out: $heldout" >&2
+# shellcheck source=training_models.sh
+source "$here/scripts/training_models.sh"
 
 if [ ! -d "$work/maps" ]; then
     cryoinverse simulate "${train_models[@]}" --out-dir "$work/maps.tmp" --voxel-size 4 --box 32 --bfactor 60

@@ -24,15 +24,8 @@ work="${2:-default-prior-work}"
 steps="${3:-10000}"
 steps2="${4:-4000}"
 
-heldout="$(grep -v '^#' "$here/bench/default_prior_heldout.txt" | tr '\n' ' ')"
-train_models=()
-for f in "$models"/*.pdb "$models"/*.cif; do
-    [ -e "$f" ] || continue
-    id="$(basename "${f%.*}")"
-    case " $heldout " in *" $id "*) continue ;; esac
-    train_models+=("$f")
-done
-echo "training on ${#train_models[@]} models; held out: $heldout" >&2
+# shellcheck source=training_models.sh
+source "$here/scripts/training_models.sh"
 
 mkdir -p "$work/maps"
 for b in 40 100; do
