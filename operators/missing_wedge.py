@@ -34,7 +34,6 @@ frequency of another box's shells (`cryoinverse.spectra.spectrum_on_box`).
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import ClassVar
@@ -45,6 +44,7 @@ import torch
 from cryoinverse.components import PrepareContext
 from cryoinverse.errors import SpecError
 from cryoinverse.fourier import Shape, box_text, expand_shells, fftn, frequency_grid, ifftn, n_shells, reference_edge, spectrum_for_box
+from cryoinverse.halfmaps import HalfMapNoise
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import non_negative, one_of, param, positive
@@ -118,7 +118,7 @@ def _reflected(values: torch.Tensor) -> torch.Tensor:
 
 
 @attrs.define
-class MissingWedge:
+class MissingWedge(HalfMapNoise):
     """Cryo-ET missing wedge: a Fourier mask of a tilt range (or of the measured tilts), with white, per-shell or estimated noise."""
 
     name: ClassVar[str] = "missing-wedge"
@@ -231,25 +231,6 @@ class MissingWedge:
         self._spectrum = background_noise_power(data, self.mask, self.background_cube, self.background_fraction)
         self._spectrum_edge = reference_edge(shape)
         return self
-
-    def default_observation(self) -> Volume | None:
-        """The average of the half maps, when the noise came from them."""
-        if self._halves is None:
-            return None
-        h1, h2 = self._halves
-        return h1.with_data(0.5 * (h1.data + h2.data))
-
-    def halves(self) -> tuple[Volume, Volume] | None:
-        """The two half maps (odd, even), when the noise came from them."""
-        return self._halves
-
-    def for_half_map(self) -> "MissingWedge":
-        """The operator of one half map: the same wedge, twice the noise power of their average."""
-        if self._halves is None or self._spectrum is None:
-            raise SpecError(f"[operator] {self.name}: only noise estimated from half maps has a half-map model")
-        half = copy.copy(self)
-        half._spectrum, half._halves = 2.0 * self._spectrum, None
-        return half
 
     def shell_noise_power(self, shape: Shape) -> torch.Tensor:
         """Noise power per shell (float64, shells 0..corner) of a box on its measured coefficients."""

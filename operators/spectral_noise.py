@@ -11,7 +11,6 @@ two half maps by the gold-standard FSC (`cryoinverse.spectra.half_map_statistics
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ import torch
 from cryoinverse.components import PrepareContext
 from cryoinverse.errors import SpecError
 from cryoinverse.fourier import Shape, box_text, expand_shells, fftn, ifftn, n_shells, spectrum_for_box
+from cryoinverse.halfmaps import HalfMapNoise
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import param, positive
@@ -34,7 +34,7 @@ def _two_paths(instance, attribute, value) -> None:
 
 
 @attrs.define
-class SpectralNoise:
+class SpectralNoise(HalfMapNoise):
     """Additive Gaussian noise with a radial power spectrum, given or estimated from half maps."""
 
     name: ClassVar[str] = "spectral-noise"
@@ -60,6 +60,7 @@ class SpectralNoise:
         """The noise model of the full map (h1 + h2) / 2, estimated from its two half maps."""
         op = cls()
         op._spectrum = op.half_map_noise(half_map_1, half_map_2)
+        op._halves = tuple(h if isinstance(h, Volume) else Volume(h) for h in (half_map_1, half_map_2))
         return op
 
     def prepare(self, ctx: PrepareContext) -> None:
@@ -75,25 +76,6 @@ class SpectralNoise:
         """Noise power per shell of the average (h1 + h2) / 2 on the halves' own box; sets nothing."""
         h1, h2 = (h.data if isinstance(h, Volume) else h for h in (half_map_1, half_map_2))
         return half_map_statistics(h1, h2)["noise_full"]
-
-    def default_observation(self) -> Volume | None:
-        """The average of the half maps, when the noise came from them."""
-        if self._halves is None:
-            return None
-        h1, h2 = self._halves
-        return h1.with_data(0.5 * (h1.data + h2.data))
-
-    def halves(self) -> tuple[Volume, Volume] | None:
-        """The two half maps, when the noise came from them (after `prepare`)."""
-        return self._halves
-
-    def for_half_map(self) -> "SpectralNoise":
-        """The noise model of one half map: twice the noise power of their average (after `prepare`)."""
-        if self._spectrum is None:
-            raise SpecError(f"[operator] {self.name}: only noise estimated from half maps has a half-map model")
-        half = copy.copy(self)
-        half._spectrum, half._halves = 2.0 * self._spectrum, None
-        return half
 
     def shell_noise_power(self, shape: Shape) -> torch.Tensor:
         """Noise power per shell (float64, shells 0..corner) for a box: an edge n (n^3) or (z, y, x)."""
