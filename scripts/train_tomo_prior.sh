@@ -18,7 +18,9 @@
 #   STEPS   optimiser steps              (default 10000; about 32 minutes on 2 CPU cores: the network and
 #                                        crops are those of train_default_prior.sh stage 1, ~5 steps/s)
 #   COUNT   maps of each kind            (default 24; making them takes about 15 minutes on 1 core)
-# Running it again keeps the maps already written and resumes training from WORK/train/checkpoint.pt.
+# Running it again keeps the maps already written and resumes training from WORK/train/checkpoint.pt;
+# with a larger STEPS it trains on, its cosine schedule stretched to the new end (the learning rate
+# rises again). The shipped prior was trained so, in three runs: STEPS 4000, then 12000, then 24000.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 models="${1:-$here/../shared/data/models}"
@@ -26,15 +28,8 @@ work="${2:-tomo-prior-work}"
 steps="${3:-10000}"
 count="${4:-24}"
 
-heldout="$(grep -v '^#' "$here/bench/default_prior_heldout.txt" | tr '\n' ' ')"
-train_models=()
-for f in "$models"/*.pdb "$models"/*.cif; do
-    [ -e "$f" ] || continue
-    id="$(basename "${f%.*}")"
-    case " $heldout " in *" $id "*) continue ;; esac
-    train_models+=("$f")
-done
-echo "training on ${#train_models[@]} models; held out: $heldout" >&2
+# shellcheck source=training_models.sh
+source "$here/scripts/training_models.sh"
 
 mkdir -p "$work/maps"
 for spec in complex:1 filament:2; do
