@@ -19,6 +19,8 @@ a. Speed and memory. A `--tomogram` (z, y, x) map (200 x 400 x 400, 128 MB as fl
    Target: under 15 minutes and 4 GB on 2 CPU cores. Measured on 2 cores shared with other jobs,
    one thread, the tomogram prior: 282 s, 1.04 GiB (the same settings on two threads of that busy
    machine ran the network ~20 times slower per box: give `--threads 1` when cores are shared).
+   On 2 free cores, 2 threads: the mean of 2 samples (`--samples 2`) 285 s, 1.17 GiB; of 4
+   samples 583 s, 1.38 GiB.
 b. Quality. `--crops` crops of `--crop`^3 voxels, each cut at a random offset from a mosaic of
    2 x 2 x 2 boxes (turned and mirrored at random) degraded as a whole, so that a crop's faces are
    those of a piece of a tomogram, not of a periodic box (a box degraded on its own is exactly
