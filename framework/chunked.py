@@ -72,7 +72,6 @@ import attrs
 import numpy as np
 import torch
 
-from . import __version__
 from .components import Likelihood, Observation, PrepareContext
 from .errors import DataError, SpecError
 from .fourier import box_text, n_shells, reference_edge
@@ -80,7 +79,7 @@ from .mrc import MappedVolume, mapped_output
 from .progress import ProgressFactory, silent
 from .slices import write_planes_png
 from .spectra import spectrum_on_box
-from .specs import Inputs, TaskSpec, check_structure, map_fields, spec_to_dict, validate_files
+from .specs import Inputs, TaskSpec, check_structure, map_fields, validate_files
 from .tiling import AxisTiles, axis_tiles
 from .volume import Volume
 
@@ -405,7 +404,7 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
     """Restore `spec`'s observed map chunk by chunk (`spec.chunk` voxels per edge) and write what
     `[outputs]` names (map, std, slices) and the JSON report; returns a `RunResult` without maps in
     memory (`volume` None: the map is on disk). See the module doc."""
-    from .runner import RunResult, check_outputs, execute, for_voxel_size, resolve_device, write_json
+    from .runner import RunResult, check_outputs, execute, for_voxel_size, report_header, resolve_device, write_json
 
     if spec.chunk is None:
         raise SpecError("chunk: not set; run_chunked needs the chunk edge in voxels")
@@ -499,12 +498,7 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
     chunks_report["seconds_per_chunk"] = timings["chunks_s"] / len(chunks)
     chunks_report["peak_rss_MiB"] = _peak_rss_mib()
     report = {
-        "cryoinverse": __version__,
-        "task": spec_to_dict(run_spec),
-        "source": str(spec.source) if spec.source else None,
-        "seed": spec.seed,
-        "device": str(device),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        **report_header(run_spec, device),
         "map": {"shape": list(shape), "voxel_size": voxel_size, "origin": list(source.origin), "box": box_text(shape)},
         "chunks": chunks_report,
         "timings": timings,

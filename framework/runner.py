@@ -102,6 +102,19 @@ def _observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any
     return default() if default is not None else None
 
 
+def report_header(spec: TaskSpec, device: torch.device) -> dict[str, Any]:
+    """The first entries of every run's JSON report: version, the resolved task, its source, seed,
+    device and library versions."""
+    return {
+        "cryoinverse": __version__,
+        "task": spec_to_dict(spec),
+        "source": str(spec.source) if spec.source else None,
+        "seed": spec.seed,
+        "device": str(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }
+
+
 def execute(
     spec: TaskSpec, progress: ProgressFactory = silent, observation: Volume | None = None, init: torch.Tensor | None = None
 ) -> RunResult:
@@ -178,15 +191,7 @@ def execute(
     mean = Volume(maps.mean(dim=0), voxel_size, origin)
     std = Volume(maps.std(dim=0), voxel_size, origin) if spec.samples > 1 else None
 
-    report: dict[str, Any] = {
-        "cryoinverse": __version__,
-        "task": spec_to_dict(spec),
-        "source": str(spec.source) if spec.source else None,
-        "seed": spec.seed,
-        "device": str(device),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "timings": timings,
-    }
+    report: dict[str, Any] = {**report_header(spec, device), "timings": timings}
     if spec.samples > 1:
         report["samples"] = {"count": spec.samples, "mean_fsc_auc_between_samples": _mean_pairwise_auc(maps)}
     if found:
