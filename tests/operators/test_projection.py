@@ -512,9 +512,9 @@ def test_task_takes_its_geometry_from_the_images(tmp_path):
     assert result.volume.shape == (n, n, n) and result.volume.voxel_size == pixel
 
 
-def test_unknown_poses_need_a_poser_at_validation(tmp_path):
-    from cryoinverse.errors import SpecError
-    from cryoinverse.specs import load_spec
+def _four_particles(folder):
+    """particles.star + particles.mrcs in `folder`: 4 noisy CTF projections (16 px of 2 A) of a blob
+    map at random poses; returns the map."""
     from tests.conftest import blob_density
 
     n, pixel, count = 16, 2.0, 4
@@ -522,8 +522,17 @@ def test_unknown_poses_need_a_poser_at_validation(tmp_path):
     rotations = random_rotations(count, g)
     shifts = torch.zeros(count, 2, dtype=F64)
     params = _ctf(count)
+    reference = blob_density(n, voxel_size=pixel)
     truth = Projection.from_poses(rotations, shifts, params, pixel_size=pixel, noise_variance=0.5)
-    _write_particles(tmp_path, truth.simulate(blob_density(n, voxel_size=pixel).data, g), rotations, shifts, pixel, params)
+    _write_particles(folder, truth.simulate(reference.data, g), rotations, shifts, pixel, params)
+    return reference
+
+
+def test_unknown_poses_need_a_poser_at_validation(tmp_path):
+    from cryoinverse.errors import SpecError
+    from cryoinverse.specs import load_spec
+
+    _four_particles(tmp_path)
     task = tmp_path / "task.toml"
     task.write_text(
         "[prior]\nkind = \"gaussian\"\npower = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]\n"
@@ -538,17 +547,9 @@ def test_a_non_cubic_map_in_a_projection_task_is_refused_at_validation(tmp_path)
     # Other operators take maps of any shape; projections are of a cubic map, so its maps must be cubes.
     from cryoinverse.errors import SpecError
     from cryoinverse.specs import load_spec
-    from tests.conftest import blob_density
 
-    n, pixel, count = 16, 2.0, 4
-    g = torch.Generator().manual_seed(6)
-    rotations = random_rotations(count, g)
-    shifts = torch.zeros(count, 2, dtype=F64)
-    params = _ctf(count)
-    reference = blob_density(n, voxel_size=pixel)
-    truth = Projection.from_poses(rotations, shifts, params, pixel_size=pixel, noise_variance=0.5)
-    _write_particles(tmp_path, truth.simulate(reference.data, g), rotations, shifts, pixel, params)
-    write_volume(tmp_path / "slab.mrc", Volume(reference.data[:, :, :12], pixel))
+    reference = _four_particles(tmp_path)
+    write_volume(tmp_path / "slab.mrc", Volume(reference.data[:, :, :12], reference.voxel_size))
     task = tmp_path / "task.toml"
     task.write_text(
         "[prior]\nkind = \"gaussian\"\npower = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]\n"
