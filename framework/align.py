@@ -4,8 +4,10 @@ A map rotated by R is v'(r) = v(R^T r) (a point at r moves to R r; rotations as 
 `cryoinverse.rotations`, about the box centre n // 2), sampled trilinearly. `align_maps` searches
 the Hopf grid of level 1 (`cryoinverse.so3_grid`) on both maps Fourier-cropped to at most 32^3,
 with the translation of every rotation from one 3D FFT cross-correlation, then refines the best
-few rotations locally at full size, the step halving each round. With `allow_mirror` the mirror
-image of the moving map (x -> -x) is searched too; the better of the two wins.
+few rotations (and the identity) locally at full size, the step halving each round; a map
+aligned onto itself comes back unchanged (rotation exactly the identity, no interpolation). With
+`allow_mirror` the mirror image of the moving map (x -> -x) is searched too; the better of the
+two wins. A constant map has no orientation and is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .fourier import fftn, ifftn
 from .resample import resample_tensor
 from .so3_grid import grid_spacing, local_grid, so3_grid
 
-__all__ = ["rotate_volume", "align_maps", "Alignment"]
+__all__ = ["rotate_volume", "align_maps", "Alignment", "constant_map_problem"]
 
 COARSE_EDGE = 32  # voxels: the grid search runs on maps Fourier-cropped to at most this
 
@@ -70,7 +72,10 @@ def _search(reference: torch.Tensor, moving: torch.Tensor, rounds: int, keep: in
     for start in range(0, grid.shape[0], batch):
         value, _ = _best_shift(ref_c, rotate_volume(mov_c, grid[start : start + batch]))
         scores.append(value)
-    best = grid[torch.cat(scores).topk(keep).indices]
+    # the identity joins the grid's best: a map aligned onto itself (or onto a copy) is found
+    # exactly, with no interpolation, rather than at the nearest refined grid point
+    identity = torch.eye(3, dtype=grid.dtype)[None]
+    best = torch.cat([identity, grid[torch.cat(scores).topk(keep).indices]])
     step = grid_spacing(1) / 2
     reference = reference.to(torch.float64)
     moving = moving.to(torch.float64)
@@ -89,17 +94,33 @@ def _search(reference: torch.Tensor, moving: torch.Tensor, rounds: int, keep: in
     return cands[i], shifts[i], float(values[i])
 
 
+def constant_map_problem(volume: torch.Tensor) -> str | None:
+    """Why `volume` cannot be aligned (None when it can): a constant map (all zero, say) has no
+    orientation, and every rotation scores alike (or NaN)."""
+    lo, hi = float(volume.min()), float(volume.max())
+    if lo == hi:
+        return f"is constant (every voxel {lo:g}): it has no orientation to align"
+    return None
+
+
 def align_maps(reference: torch.Tensor, moving: torch.Tensor, voxel_size: float, allow_mirror: bool = False, rounds: int = 5, keep: int = 4, batch: int = 32) -> tuple[Alignment, torch.Tensor]:
     """Align `moving` (n, n, n) onto `reference`: the alignment and the moved map."""
     if reference.shape != moving.shape or len(set(reference.shape)) != 1:
         raise ValueError(f"alignment needs two cubic maps of one shape; got {tuple(reference.shape)} and {tuple(moving.shape)}")
+    for label, volume in (("reference", reference), ("moving", moving)):
+        problem = constant_map_problem(volume)
+        if problem:
+            raise ValueError(f"the {label} map {problem}")
     tries = [(False, moving)] + ([(True, moving.flip(-1))] if allow_mirror else [])
     results = []
     for mirror, mov in tries:
         rotation, shift, value = _search(reference, mov, rounds, keep, batch)
         results.append((value, mirror, rotation, shift, mov))
     value, mirror, rotation, shift, mov = max(results, key=lambda r: r[0])
-    moved = rotate_volume(mov.to(torch.float64), rotation[None])[0]
+    if torch.equal(rotation, torch.eye(3, dtype=rotation.dtype)):
+        moved = mov.to(torch.float64)  # no rotation: the map itself, not an interpolated copy
+    else:
+        moved = rotate_volume(mov.to(torch.float64), rotation[None])[0]
     moved = torch.roll(moved, shifts=tuple(int(s) for s in shift), dims=(-3, -2, -1))
     alignment = Alignment(rotation, tuple(float(s) * voxel_size for s in shift), mirror, value)
     return alignment, moved.to(moving.dtype)

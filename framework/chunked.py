@@ -481,6 +481,7 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
                     for key in ("load_s", "sample_s"):
                         timings[key] += result.report["timings"].get(key, 0.0)
                     warnings_ += [f"chunk {chunk.index} ({chunk.describe()}): {w}" for w in result.report["warnings"]]
+                    ran = result.report["task"]["sampler"]  # "auto" settings as the chunks resolved them
                     source.release()
                     output.release()
                     update(1)
@@ -497,8 +498,10 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
     chunks_report["seconds"] = timings["chunks_s"]
     chunks_report["seconds_per_chunk"] = timings["chunks_s"] / len(chunks)
     chunks_report["peak_rss_MiB"] = _peak_rss_mib()
+    header = report_header(run_spec, device)
+    header["task"]["sampler"] = ran
     report = {
-        **report_header(run_spec, device),
+        **header,
         "map": {"shape": list(shape), "voxel_size": voxel_size, "origin": list(source.origin), "box": box_text(shape)},
         "chunks": chunks_report,
         "timings": timings,

@@ -330,8 +330,14 @@ def align(reference: Path, moving: Path, out: Path, allow_mirror: bool, voxel_si
     from .rotations import matrix_to_euler_zyz
     from .runner import check_outputs
 
+    from .align import constant_map_problem
+
     check_outputs([out], overwrite)
     a, b = _matching_maps(reference, moving, voxel_size, "alignment")
+    for path, volume in ((reference, a), (moving, b)):
+        problem = constant_map_problem(volume.data)
+        if problem:
+            raise DataError(f"{path}: {problem}")
     alignment, moved = align_maps(a.data, b.data, a.voxel_size, allow_mirror=allow_mirror)
     result = a.with_data(moved)
     write_volume(out, result, overwrite=overwrite)
@@ -370,13 +376,15 @@ def align(reference: Path, moving: Path, out: Path, allow_mirror: bool, voxel_si
 )
 @click.option("--ctf/--no-ctf", default=True, help="apply each image's CTF when the STAR file has CTF columns  [default: --ctf]")
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="image pixel size in Å, overriding the STAR file and the stack headers")
+@click.option("--datadir", type=click.Path(file_okay=False, path_type=Path), help="folder to look for the image stacks of rlnImageName in first (as RELION's --datadir); then beside the STAR file, then the working folder")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: the summary and, with --truth, the errors")
 @click.option("--overwrite", is_flag=True, help="replace existing outputs, and start again over an old checkpoint")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def poses(
     particles: Path, map_path: Path, out: Path, poser_name: str, params: tuple[str, ...], truth: Path | None, plot_path: Path | None,
-    chunk: int, resume: bool, resample: bool | None, ctf: bool, pixel_size: float | None, device: str, as_json: bool, overwrite: bool, quiet: bool,
+    chunk: int, resume: bool, resample: bool | None, ctf: bool, pixel_size: float | None, datadir: Path | None, device: str, as_json: bool,
+    overwrite: bool, quiet: bool,
 ) -> None:
     """Estimate the poses of the particle images of a STAR file against a map; write them as STAR."""
     from .mrc import read_volume
@@ -391,6 +399,8 @@ def poses(
     check_outputs([partial], overwrite=True)  # writable; it is replaced as the run goes
     if partial.exists() and not (resume or overwrite):
         raise DataError(f"{partial}: a checkpoint of a stopped run is there; --resume continues it, --overwrite starts again")
+    if datadir is not None and not datadir.is_dir():
+        raise DataError(f"--datadir {datadir}: folder not found")
     poser = component_from_params("poser", poser_name, params)
     torch_device = resolve_device(device)
     volume = read_volume(map_path)
@@ -404,6 +414,7 @@ def poses(
     try:
         done = estimate_star_poses(
             particles, volume, out, poser, chunk, resume, resample, ctf, pixel_size, torch_device, progress=silent if quiet or as_json else bar,
+            datadir=datadir,
         )
     except DataError as exc:
         if resample is None and "resample=True" in str(exc):

@@ -102,6 +102,32 @@ class Poser(Protocol):
         """Poses (`cryoinverse.poses.Poses`) of images (N, n, n) against a volume (n, n, n) at `pixel_size` Å."""
 
 
+@runtime_checkable
+class Resolvable(Protocol):
+    """A sampler with settings chosen from the observation ("auto" guidance or step counts).
+
+    The runner calls `resolved` once the likelihood is built, runs the sampler it returns, and
+    records that one's settings in the report, so a report never says "auto"."""
+
+    def resolved(self, likelihood: "Likelihood | None"):
+        """This sampler (or a copy) with every "auto" setting fixed for `likelihood`."""
+
+
+@runtime_checkable
+class StackPoser(Protocol):
+    """A poser with something computed over the whole particle stack (a spectrum, a noise level).
+
+    A stack searched in parts (`cryoinverse.poses_io.estimate_in_chunks`: checkpoints, memory)
+    first has `stack_statistics` of every part added with `+`, then `estimate` runs on the poser
+    `with_stack_statistics` returns, so the poses do not depend on the size of the parts."""
+
+    def stack_statistics(self, images: torch.Tensor, ctf: torch.Tensor | None = None):
+        """Statistics of images (N, n, n) and their CTFs (N, n, n, `fft2` order, or None); summable with `+`."""
+
+    def with_stack_statistics(self, statistics):
+        """A poser (this one or a copy) that uses `statistics` of the whole stack in every `estimate`."""
+
+
 @attrs.frozen
 class GaussianConditional:
     """x1 | x_t for a Gaussian prior: per-coefficient Fourier-diagonal quantities (nz, ny, nx).

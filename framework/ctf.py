@@ -142,6 +142,7 @@ class CTFParams:
         kwargs = {}
         for name, column in required.items():
             kwargs[name] = _numeric(table, column)
+        _check_underfocus(kwargs["defocus_u"], kwargs["defocus_v"], where)
         for name, (column, default) in optional.items():
             kwargs[name] = _numeric(table, column) if column in table else default
         bfactor = kwargs["bfactor"]
@@ -157,6 +158,28 @@ class CTFParams:
             )
             kwargs["bfactor"] = np.abs(bfactor)
         return cls(**kwargs)
+
+
+def _check_underfocus(u: np.ndarray, v: np.ndarray, where: str) -> None:
+    """DataError naming the rows whose mean defocus (U + V) / 2 is negative.
+
+    RELION (and CTFFIND, Gctf) write underfocus as a positive defocus. A file with the opposite sign
+    would put every CTF zero in the right place with the wrong phase flips, and a pose search
+    then returns confident garbage, so it is refused rather than read."""
+    mean = 0.5 * (np.asarray(u, dtype=np.float64) + np.asarray(v, dtype=np.float64))
+    negative = np.flatnonzero(mean < 0)
+    if negative.size == 0:
+        return
+    rows = ", ".join(str(r + 1) for r in negative[:LISTED_ROWS]) + (", ..." if negative.size > LISTED_ROWS else "")
+    every = "every row" if negative.size == mean.size else f"{negative.size} of {mean.size} rows"
+    raise DataError(
+        f"{where}: negative defocus (rlnDefocusU/V) in {every} (row {rows}; {mean[negative].min():g} to {mean[negative].max():g} Å). "
+        "RELION's convention is positive underfocus (CTFFIND and Gctf write it so); if this file counts underfocus as negative, "
+        "negate rlnDefocusU and rlnDefocusV"
+    )
+
+
+LISTED_ROWS = 5  # rows named in a message; the count says how many more
 
 
 def _numeric(table: dict, column: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from .errors import DataError
 from .volume import Volume
 
-__all__ = ["read_volume", "write_volume", "read_header", "MapHeader", "atomic_path", "MappedVolume", "mapped_output"]
+__all__ = ["read_volume", "write_volume", "read_header", "MapHeader", "atomic_path", "remove_stale_parts", "MappedVolume", "mapped_output"]
 
 
 class MapHeader:
@@ -381,8 +382,54 @@ def _umask() -> int:
     return mask
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_parts(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of earlier writes of `target` whose process is gone; returns them.
+
+    `atomic_path` names its temporary file `.<name>.<pid>@<host>.<random>.part`: a write killed
+    outright (SIGKILL, power loss) cannot remove its own, so the next write of the same name does,
+    when the writer ran on this host and its process no longer exists. Another live process's
+    temporary file, or one from another host on a shared file system, is left alone."""
+    target = Path(target)
+    prefix, host = f".{target.name}.", socket.gethostname()
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for path in siblings:
+        name = path.name
+        if not (name.startswith(prefix) and name.endswith(PART_SUFFIX)):
+            continue
+        owner, _, _ = name[len(prefix) : -len(PART_SUFFIX)].rpartition(".")
+        pid, at, where = owner.partition("@")
+        if not at or where != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+PART_SUFFIX = ".part"
+
+
 class atomic_path:
-    """Context manager yielding a temporary path beside `target`; renamed onto it on success only."""
+    """Context manager yielding a temporary path beside `target`; renamed onto it on success only.
+
+    Entering also removes what earlier writes of `target` killed before they could clean up left
+    behind (`remove_stale_parts`)."""
 
     def __init__(self, target: str | os.PathLike, overwrite: bool = True):
         self.target = Path(target)
@@ -392,7 +439,9 @@ class atomic_path:
         if self.target.exists() and not self.overwrite:
             raise DataError(f"{self.target}: exists; use --overwrite to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
+        remove_stale_parts(self.target)
+        owner = f"{os.getpid()}@{socket.gethostname()}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.{owner}.", suffix=PART_SUFFIX, dir=self.target.parent)
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp

@@ -191,7 +191,10 @@ def image_sources(
             path = next((f / file for f in folders if (f / file).is_file()), None)
             if path is None:
                 looked = ", ".join(dict.fromkeys(str(f) for f in folders))
-                raise DataError(f"{star}: row {row + 1}: image stack {file} not found (looked in {looked}); pass datadir")
+                raise DataError(
+                    f"{star}: row {row + 1}: image stack {file} not found (looked in {looked}); give the folder that holds the "
+                    "stacks as datadir (--datadir DIR on the command line, datadir = \"DIR\" in a task's [operator])"
+                )
             found[file] = path
         indices, rows = entries.setdefault(path, ([], []))
         indices.append(index)

@@ -174,6 +174,7 @@ def estimate_in_chunks(
             parts.append(finished)
     resumed = done
     volume = volume.to(device=device, dtype=torch.float32)
+    poser = _with_stack_statistics(poser, images, ctf, pixel_size, ctf_premultiplied, device)
     with progress(total, "poses") as update:
         update(done)
         for start in range(done, total, chunk):
@@ -192,6 +193,26 @@ def estimate_in_chunks(
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     return _concat(parts), resumed
+
+
+STATISTICS_CHUNK = 512  # images per part when a stack's statistics are summed: a fixed split, so the sums are bit-identical whatever `chunk` is
+
+
+def _with_stack_statistics(poser: Any, images: torch.Tensor, ctf, pixel_size: float, squared: bool, device) -> Any:
+    """`poser` given the statistics of the whole stack when it takes them (`cryoinverse.components.StackPoser`)."""
+    from .components import StackPoser
+
+    if not isinstance(poser, StackPoser):
+        return poser
+    total, n = images.shape[0], images.shape[-1]
+    statistics = None
+    for start in range(0, total, STATISTICS_CHUNK):
+        sl = slice(start, min(total, start + STATISTICS_CHUNK))
+        filters = _ctf_chunk(ctf, sl, n, pixel_size, squared)
+        part = poser.stack_statistics(images[sl].to(device=device, dtype=torch.float32),
+                                      None if filters is None else filters.to(device=device, dtype=torch.float32))
+        statistics = part if statistics is None else statistics + part
+    return poser.with_stack_statistics(statistics)
 
 
 def read_poses_star(path: str | os.PathLike, pixel_sizes=None) -> Poses:
@@ -299,6 +320,7 @@ def read_stack_for_map(
     resample: bool | None = None,
     ctf: bool = True,
     pixel_size: float | None = None,
+    datadir: str | os.PathLike | None = None,
 ):
     """The particle images of STAR file `star` on the grid of a map of `box`^3 voxels of `voxel_size` Å.
 
@@ -307,18 +329,19 @@ def read_stack_for_map(
     from the map's, and refuses mixed ones (`read_particle_stack`'s message); False refuses images
     whose grid differs. Resampling is Fourier interpolation with the image centre fixed
     (`cryoinverse.particles.resample_images`), so poses in Å and CTFs are unchanged. With `ctf`,
-    each image's CTF is read when the STAR file has CTF columns (rlnDefocusU ...).
+    each image's CTF is read when the STAR file has CTF columns (rlnDefocusU ...). `datadir`: a
+    folder to look for the image stacks in first (`cryoinverse.particles.image_sources`).
     Returns (ParticleStack, a note saying what was resampled, or None).
     """
     from .particles import read_particle_stack, resample_images
 
     star = Path(star)
     if resample:
-        stack = read_particle_stack(star, pixel_size=pixel_size, ctf=False, resample=float(voxel_size), box=box)
+        stack = read_particle_stack(star, pixel_size=pixel_size, ctf=False, resample=float(voxel_size), box=box, datadir=datadir)
         before = sorted({float(f"{a:.6g}") for a in stack.source_pixel_sizes})
         note = f"images resampled from {', '.join(f'{a:g}' for a in before)} Å pixels to the map's grid ({box} px of {voxel_size:g} Å)"
     else:
-        stack = read_particle_stack(star, pixel_size=pixel_size, ctf=False, resample=False)
+        stack = read_particle_stack(star, pixel_size=pixel_size, ctf=False, resample=False, datadir=datadir)
         note = None
         same = abs(stack.pixel_size - voxel_size) <= 1e-3 * voxel_size and stack.box == box
         if not same and resample is False:
@@ -392,6 +415,7 @@ def estimate_star_poses(
     pixel_size: float | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressFactory = silent,
+    datadir: str | os.PathLike | None = None,
 ) -> StarPoses:
     """Poses of the images of STAR file `star` against `volume` by `poser`, written to STAR file `out`.
 
@@ -406,7 +430,7 @@ def estimate_star_poses(
     star, out = Path(star), Path(out)
     if not volume.is_cubic:
         raise DataError(f"the map's shape {volume.shape} is not cubic; a pose search needs a cubic map")
-    stack, note = read_stack_for_map(star, volume.voxel_size, volume.shape[-1], resample, ctf, pixel_size)
+    stack, note = read_stack_for_map(star, volume.voxel_size, volume.shape[-1], resample, ctf, pixel_size, datadir)
     settings = {f.name: getattr(poser, f.name) for f in attrs.fields(type(poser)) if f.init} if attrs.has(type(poser)) else {}
     key = fingerprint({
         "images": stack.images, "pixel_size": stack.pixel_size, "ctf": stack.ctf, "ctf_premultiplied": stack.ctf_premultiplied,

@@ -20,6 +20,21 @@ def silent(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 @contextlib.contextmanager
 def bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A click progress bar on stderr (hidden when stderr is not a terminal, except for the final line)."""
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True) as pb:
-        yield pb.update
+    """A click progress bar on stderr (hidden when stderr is not a terminal, except for the final line).
+
+    The bar appears at the first step, so work that fails while it checks its inputs prints only
+    its error, not a bar (or, off a terminal, a stray label line) before it."""
+    shown: list = []
+
+    def update(n: int) -> None:
+        if not shown:
+            pb = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True)
+            pb.__enter__()
+            shown.append(pb)
+        shown[0].update(n)
+
+    try:
+        yield update
+    finally:
+        if shown:
+            shown[0].__exit__(None, None, None)

@@ -15,8 +15,18 @@ def physical_memory() -> int | None:
         return None
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (GiB, TiB, PiB, ...)."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    k = 0
+    while nbytes >= 1024 and k < len(units) - 1:
+        nbytes /= 1024
+        k += 1
+    return f"{nbytes:.1f} {units[k]}"
+
+
 def check_fits(needed: int, what: str, fix: str) -> None:
     """DataError naming `what` and the sizes when `needed` bytes exceed the machine's memory."""
     total = physical_memory()
     if total is not None and needed > total:
-        raise DataError(f"{what} needs about {needed / 2**30:.1f} GiB of memory; this machine has {total / 2**30:.1f} GiB. {fix}")
+        raise DataError(f"{what} needs about {size_text(needed)} of memory; this machine has {size_text(total)}. {fix}")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .components import Likelihood, Observation, PrepareContext
+from .components import Likelihood, Observation, PrepareContext, Resolvable
 from .errors import DataError, SpecError
 from .fourier import box_text, grid_shape, reference_edge
 from .metrics import compare
@@ -73,13 +74,29 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             problems.append(f"{p}: cannot be created: {ancestor} is a file, not a folder")
-        elif not os.access(ancestor, os.W_OK | os.X_OK):
-            problems.append(f"{p}: cannot be created: {ancestor} is not writable")
+            continue
+        problem = _probe_folder(ancestor)
+        if problem is not None:
+            problems.append(f"{p}: cannot be created: {problem}")
     if problems:
         raise DataError(problems[0] if len(problems) == 1 else "outputs cannot be written:\n  " + "\n  ".join(problems))
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise DataError(f"output exists: {', '.join(existing)}; use --overwrite to replace")
+
+
+def _probe_folder(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (None when one can): a file is made there and removed.
+
+    Permission bits alone do not tell: root passes `os.access` on a read-only file system or in
+    /sys, and then fails on the first write, after the work."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cryoinverse-probe-", dir=folder)
+    except OSError as exc:
+        return f"{folder} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def _load(path: Path | None, voxel_size: float | None) -> Volume | None:
@@ -177,6 +194,7 @@ def execute(
     if spec.operators:
         likelihood = Likelihood([Observation(op, _to_device(y, device)) for op, y in zip(spec.operators, observed)])
 
+    spec = resolve_sampler(spec, likelihood)
     t1 = time.perf_counter()
     maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
     timings["sample_s"] = time.perf_counter() - t1
@@ -224,6 +242,15 @@ def for_voxel_size(spec: TaskSpec, voxel_size: float | None) -> TaskSpec:
         return spec
     prior = choose(voxel_size)
     return spec if prior is spec.prior else attrs.evolve(spec, prior=prior)
+
+
+def resolve_sampler(spec: TaskSpec, likelihood: Likelihood | None) -> TaskSpec:
+    """`spec` with its sampler's "auto" settings fixed for `likelihood` (`components.Resolvable`),
+    so what runs and what the report's `task` records are the same."""
+    if not isinstance(spec.sampler, Resolvable):
+        return spec
+    sampler = spec.sampler.resolved(likelihood)
+    return spec if sampler is spec.sampler else attrs.evolve(spec, sampler=sampler)
 
 
 def _section(spec: TaskSpec, i: int) -> str:

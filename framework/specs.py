@@ -415,6 +415,10 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
             problems.append(f"{where}[{section}] {op.name}: the poses are unknown; the task needs a [poser] section (pose models: cryoinverse list poser)")
         elif spec.inputs.initial_map is None and not searches_poses(spec.sampler):
             problems.append(f"{where}[inputs] initial_map: missing; {_initial_map_needed(spec, section, op)}")
+    if spec.poser is not None:
+        problem = _unused_poser(spec)
+        if problem:
+            problems.append(f"{where}[poser] {spec.poser.name}: {problem}")
     if spec.outputs.std is not None and spec.samples < 2:
         problems.append(f"{where}[outputs] std: needs samples >= 2 (samples = {spec.samples})")
     if spec.chunk_overlap is not None and spec.chunk is None:
@@ -423,6 +427,25 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
         problems.append(f"{where}chunk_overlap: {spec.chunk_overlap} voxels must be smaller than chunk ({spec.chunk})")
     if problems:
         raise SpecError(problems)
+
+
+def _unused_poser(spec: TaskSpec) -> str | None:
+    """Why the task's [poser] would never run (None when it would): a poser places images, so it
+    runs only for operators whose poses are unknown, or inside a sampler that searches poses."""
+    takes_poses = [op for op in spec.operators if callable(getattr(op, "set_poses", None))]
+    if not takes_poses:
+        names = ", ".join(op.name for op in spec.operators) or "none"
+        return (
+            f"no operator of this task observes images with poses (operators: {names}), so the pose model would never run; "
+            "remove [poser], or use an operator that takes poses (projection)"
+        )
+    unreadable = [op for op in takes_poses if getattr(op, "star", None) is not None and not Path(op.star).is_file()]
+    if not unreadable and not unknown_poses(spec) and not searches_poses(spec.sampler):
+        return (
+            f"every operator's poses are known and sampler {spec.sampler.name!r} does not search poses, so the pose model would "
+            "never run; remove [poser], or set poses_known = false in the operator's section to estimate the poses"
+        )
+    return None
 
 
 def unknown_poses(spec: TaskSpec) -> list[int]:
@@ -518,12 +541,55 @@ def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[s
                     f"{where}[{section}] {field}: voxel size {h.voxel_size:g} A does not match "
                     f"[{s0}] {f0} ({h0.voxel_size:g} A)"
                 )
+    shape = headers[0][2].shape if headers else (grid_shape(spec.inputs.box) if spec.inputs.box is not None else None)
+    if shape is not None and not problems:
+        problems += memory_problems(spec, shape)
     images = any(getattr(op, "observes", "volume") != "volume" for op in spec.operators)
     if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None and not (images or geometry_given):
         problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
     if problems:
         raise SpecError(problems)
     return headers
+
+
+WORKING_BYTES_PER_VOXEL = 32  # a sampler's buffers per map in a batch (velocity, estimate, complex spectra): a lower bound
+
+
+def task_memory(spec: TaskSpec, shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Bytes a task on a map of `shape` needs at least: (for its samples, for its working batch).
+
+    Every sample keeps its initial noise and its finished map in memory (float32: 8 bytes per
+    voxel), and each sample of the running batch about WORKING_BYTES_PER_VOXEL more. A chunked
+    task holds one chunk of each. Priors and operators add their own (a network, a particle stack),
+    so this is a floor: a task above it cannot run, one below it still may not."""
+    voxels = 1
+    for edge in shape:
+        voxels *= min(int(edge), spec.chunk) if spec.chunk is not None else int(edge)
+    batch = min(spec.batch or spec.samples, spec.samples)
+    return 8 * voxels * spec.samples, WORKING_BYTES_PER_VOXEL * voxels * batch
+
+
+def memory_problems(spec: TaskSpec, shape: tuple[int, int, int]) -> list[str]:
+    """Why the task cannot fit in this machine's memory, naming the field to change (empty when it may)."""
+    from .resources import physical_memory, size_text
+
+    total = physical_memory()
+    if total is None:
+        return []
+    kept, working = task_memory(spec, shape)
+    if kept + working <= total:
+        return []
+    where = _where(spec.source)
+    box = box_text(shape) if spec.chunk is None else f"{box_text(shape)} in chunks of {spec.chunk}"
+    need = f"need at least {size_text(kept + working)} of memory; this machine has {size_text(total)}"
+    if kept > total / 2:
+        return [f"{where}samples: {spec.samples} samples of a {box} map {need} (each sample's initial noise and map, float32); lower samples"]
+    batch = min(spec.batch or spec.samples, spec.samples)
+    if batch > 1:
+        return [f"{where}batch: {batch} maps of {box} sampled at once {need}; lower batch"]
+    if spec.chunk is not None:
+        return [f"{where}chunk: one {box} map {need}; lower chunk"]
+    return [f"{where}chunk: a {box} map restored whole {need}; restore it in chunks (chunk = 128, or run --chunk 128)"]
 
 
 def spec_to_dict(spec: TaskSpec) -> dict:

@@ -120,6 +120,7 @@ class Projection:
     batch_images: int | None = param(None, help="images per log-likelihood evaluation (a random subset, scaled by N / batch); default all", validator=positive)
     seed: int = param(0, help="seed of the random image subsets drawn when batch_images is set")
     pixel_size: float | None = param(None, help="image pixel size in Å, overriding the STAR file and the stack header", validator=positive)
+    datadir: Path | None = param(None, help="folder to look for the stacks named by rlnImageName in first (RELION's --datadir); then beside the STAR file, then the working folder")
 
     _rotations: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
     _shifts: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
@@ -294,9 +295,9 @@ class Projection:
         ctf_params = None
         if self.ctf:
             try:
-                ctf_params = CTFParams.from_star(table)
+                ctf_params = CTFParams.from_star(table, where=path.name)
             except (DataError, ValueError) as exc:
-                raise SpecError(f"[operator] ctf: {path.name}: {exc}; set ctf = false to project without a CTF") from None
+                raise SpecError(f"[operator] ctf: {exc}; set ctf = false to project without a CTF") from None
         if has_angles:
             rot, tilt, psi = (torch.from_numpy(np.asarray(table[c], dtype=np.float64)) for c in ANGLE_COLUMNS)
             self._set_poses(euler_zyz_to_matrix(rot, tilt, psi), shifts, ctf_params)
@@ -304,7 +305,7 @@ class Projection:
             self._ctf_params = ctf_params
         if "rlnImageName" in table and self.particles is None:
             try:
-                self._sources = image_sources(path, table["rlnImageName"])
+                self._sources = image_sources(path, table["rlnImageName"], self.datadir)
             except DataError as exc:
                 raise SpecError(f"[operator] star: {exc}") from None
             headers = [stack_header(f) for f, _, _ in self._sources]

@@ -58,6 +58,7 @@ class FastARPoser:
 
     _model: Any = attrs.field(default=None, init=False, repr=False)
     _meta: dict | None = attrs.field(default=None, init=False, repr=False)
+    _stack: object = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, meta: dict, **fields) -> "FastARPoser":
@@ -104,15 +105,32 @@ class FastARPoser:
         q, shifts, confidence = self.predict(images, pixel_size)
         return Poses(q, shifts=shifts, scores=confidence)
 
-    def estimate(self, images: torch.Tensor, volume: torch.Tensor, pixel_size: float, ctf: torch.Tensor | None = None, init: Poses | None = None) -> Poses:
-        """Poses of `images` (N, n, n) against `volume` (n, n, n): network, anchor searches, optional local refinement."""
+    def _search(self, **fields):
+        """The `search` poser this one refines and anchors with (the whole stack's statistics, when given)."""
         from cryoinverse.posers.search import Search
 
+        search = Search(shift_range=self.shift_range, **fields)
+        return search if self._stack is None else search.with_stack_statistics(self._stack)
+
+    def stack_statistics(self, images: torch.Tensor, ctf: torch.Tensor | None = None):
+        """The statistics of `search`, which places and refines this poser's poses."""
+        from cryoinverse.posers.search import ImageSpectrum
+
+        return ImageSpectrum.of(images, ctf)
+
+    def with_stack_statistics(self, statistics) -> "FastARPoser":
+        """This poser with its searches matched to the whole stack (the network and its anchors still see each call's images)."""
+        poser = attrs.evolve(self)
+        poser._model, poser._meta, poser._stack = self._model, self._meta, statistics
+        return poser
+
+    def estimate(self, images: torch.Tensor, volume: torch.Tensor, pixel_size: float, ctf: torch.Tensor | None = None, init: Poses | None = None) -> Poses:
+        """Poses of `images` (N, n, n) against `volume` (n, n, n): network, anchor searches, optional local refinement."""
         if init is not None:  # poses given: the network adds nothing to a local refinement
-            return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=init)
+            return self._search(refinements=self.refinements).estimate(images, volume, pixel_size, ctf, init=init)
         q, shifts, _ = self.predict(images, pixel_size)
         k = min(self.anchors, images.shape[0])
-        anchors = Search(shift_range=self.shift_range).estimate(images[:k], volume, pixel_size, None if ctf is None else ctf[:k])
+        anchors = self._search().estimate(images[:k], volume, pixel_size, None if ctf is None else ctf[:k])
         candidates = q[:k].transpose(-1, -2) @ anchors.rotations  # R_0 = Q_j^T R_j
         spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3)).reshape(k, k)
         best = int(spread.sum(dim=1).argmin())
@@ -124,11 +142,11 @@ class FastARPoser:
                 "searching every image globally instead",
                 stacklevel=2,
             )
-            return Search(shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf)
+            return self._search().estimate(images, volume, pixel_size, ctf)
         predicted = Poses(q @ r0, shifts=shifts)
         if not self.refine:
             return predicted
-        return Search(refinements=self.refinements, shift_range=self.shift_range).estimate(images, volume, pixel_size, ctf, init=predicted)
+        return self._search(refinements=self.refinements).estimate(images, volume, pixel_size, ctf, init=predicted)
 
 
 @hookimpl

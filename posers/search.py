@@ -54,27 +54,62 @@ def _offsets(count: int, step: float, device) -> torch.Tensor:
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1)
 
 
-def matched_spectrum(volume: torch.Tensor, images: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
+@attrs.frozen
+class ImageSpectrum:
+    """Sums over a stack of images, per 2D Fourier shell r = round(|k|) <= n // 2: each image's mean
+    power in the shell (orthonormal `fft2`) and its CTF's mean square there, and the image count.
+
+    Sums, so the statistics of a whole stack are those of its parts added (`+`), in any split."""
+
+    power: torch.Tensor
+    ctf_power: torch.Tensor
+    count: int
+
+    @classmethod
+    def of(cls, images: torch.Tensor, ctf: torch.Tensor | None = None) -> "ImageSpectrum":
+        """The sums of `images` (N, n, n) with their CTFs (N, n, n, `fft2` order; None: 1)."""
+        n = images.shape[-1]
+        k = torch.fft.fftfreq(n, dtype=torch.float64) * n
+        shell = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2).round().long().reshape(-1)
+        reach = n // 2 + 1
+        inside = shell < reach
+        pixels = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
+
+        def shell_sums(values: torch.Tensor) -> torch.Tensor:
+            flat = values.reshape(values.shape[0], -1)[:, inside].sum(0)
+            return torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], flat) / pixels.clamp(min=1)
+
+        power = shell_sums(torch.fft.fft2(images.to(torch.float64), norm="ortho").abs().square())
+        if ctf is None:
+            ctf_power = torch.full((reach,), float(images.shape[0]), dtype=torch.float64)
+        else:
+            ctf_power = shell_sums(ctf.to(torch.float64).square())
+        return cls(power, ctf_power, int(images.shape[0]))
+
+    def __add__(self, other: "ImageSpectrum") -> "ImageSpectrum":
+        if self.power.shape != other.power.shape:
+            raise ValueError(f"image spectra of {self.power.numel()} and {other.power.numel()} shells cannot be added")
+        return ImageSpectrum(self.power + other.power, self.ctf_power + other.ctf_power, self.count + other.count)
+
+
+def matched_spectrum(volume: torch.Tensor, images: torch.Tensor | ImageSpectrum, ctf: torch.Tensor | None = None) -> torch.Tensor:
     """`volume` with each Fourier shell rescaled so its projections' power matches the images' signal power.
 
     By the Fourier-slice theorem an image's orthonormal 2D coefficient at |k| = r has power
     c^2 n S(r) + noise for a map of shell power S; the noise is taken as the images' lowest
-    shell power over the outer half of the shells (zero for clean images).
+    shell power over the outer half of the shells (zero for clean images). `images` is a stack
+    (N, n, n) with its `ctf`, or the `ImageSpectrum` of one (a whole stack searched in parts).
     """
     from cryoinverse.fourier import expand_shells, fftn, ifftn
     from cryoinverse.spectra import radial_power
 
     n = volume.shape[-1]
-    y = images.to(torch.float64)
-    k = torch.fft.fftfreq(n, dtype=torch.float64) * n
-    shell = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2).round().long().reshape(-1)
-    power = torch.fft.fft2(y, norm="ortho").abs().square().mean(0).reshape(-1)
-    c2 = torch.ones_like(power) if ctf is None else ctf.to(torch.float64).square().mean(0).reshape(-1)
+    spectrum = images if isinstance(images, ImageSpectrum) else ImageSpectrum.of(images, ctf)
     reach = n // 2 + 1
-    inside = shell < reach
-    count = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], torch.ones_like(power[inside]))
-    p_img = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], power[inside]) / count.clamp(min=1)
-    c2_mean = torch.zeros(reach, dtype=torch.float64).index_add_(0, shell[inside], c2[inside]) / count.clamp(min=1)
+    if spectrum.power.numel() != reach:
+        raise ValueError(f"the image spectrum has {spectrum.power.numel()} shells; a {n}^3 map needs {reach}")
+    p_img = spectrum.power / spectrum.count
+    c2_mean = spectrum.ctf_power / spectrum.count
     noise = float(p_img[reach // 2 :].min())
     target = (p_img - noise).clamp(min=0) / (n * c2_mean.clamp(min=1e-6))
     own = radial_power(volume.to(torch.float64))
@@ -105,6 +140,19 @@ class Search:
     )
     memory_gb: float = param(1.0, help="rough bound on the working memory of one batch of images, GB", validator=positive)
 
+    _stack: ImageSpectrum | None = attrs.field(default=None, init=False, repr=False)
+
+    def stack_statistics(self, images: torch.Tensor, ctf: torch.Tensor | None = None) -> ImageSpectrum:
+        """What the matched spectrum needs of `images` (N, n, n) and their CTFs: added over a stack's parts."""
+        return ImageSpectrum.of(images, ctf)
+
+    def with_stack_statistics(self, statistics: ImageSpectrum) -> "Search":
+        """This search, matching the map's spectrum to the whole stack's `statistics` rather than to the
+        images of each `estimate` call, so the poses of a stack do not depend on how it is split."""
+        poser = attrs.evolve(self)
+        poser._stack = statistics
+        return poser
+
     def estimate(
         self,
         images: torch.Tensor,
@@ -128,7 +176,7 @@ class Search:
         if init is not None and len(init) != n_img:
             raise ValueError(f"init holds {len(init)} poses for {n_img} images")
         if self.match_spectrum and self.score == "correlation":
-            volume = matched_spectrum(volume, images, ctf)
+            volume = matched_spectrum(volume, self._stack if self._stack is not None else ImageSpectrum.of(images, ctf))
         sampler = SliceSampler(volume)
         resolutions = self.resolutions(n, pixel_size)
         spacing = grid_spacing(self.level)

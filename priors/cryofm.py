@@ -217,6 +217,37 @@ def _shapes_problem(expected: dict[str, tuple], found: dict[str, tuple]) -> list
     return lines
 
 
+def tensor_shapes(weights: str | Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a safetensors file, read from its header alone.
+
+    The header lists where each tensor lies; a truncated file (or one that is not safetensors)
+    fails here, as it would when loaded. DataError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{weights}: not a readable safetensors file ({exc})") from None
+
+
+def check_weights(weights: str | Path, local_attention: str | None = None) -> PriorMeta:
+    """What `load_prior` checks, without reading the tensors: the JSON config, the safetensors
+    header and every tensor's name and shape against the architecture. Returns the config."""
+    weights = Path(weights)
+    meta = read_meta(weights)
+    config = meta.architecture if local_attention is None else meta.architecture.with_local_attention(local_attention)
+    with torch.device("meta"):
+        model = HDiT(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = _shapes_problem(expected, tensor_shapes(weights))
+    if problems:
+        raise DataError(
+            f"{weights}: the tensors do not match architecture {config.name!r} of {meta_path(weights).name}:\n" + "\n".join(problems)
+        )
+    return meta
+
+
 def load_prior(
     weights: str | Path, device: str | torch.device = "cpu", local_attention: str | None = None
 ) -> tuple[HDiT, PriorMeta]:
@@ -230,7 +261,7 @@ def load_prior(
     from safetensors.torch import load_file
 
     weights = Path(weights)
-    meta = read_meta(weights)
+    meta = check_weights(weights, local_attention)
     config = meta.architecture
     if local_attention is not None:
         config = config.with_local_attention(local_attention)
@@ -240,12 +271,6 @@ def load_prior(
         raise DataError(f"{weights}: not a readable safetensors file ({exc})") from None
     with torch.device("meta"):
         model = HDiT(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = _shapes_problem(expected, {k: tuple(v.shape) for k, v in tensors.items()})
-    if problems:
-        raise DataError(
-            f"{weights}: the tensors do not match architecture {config.name!r} of {meta_path(weights).name}:\n" + "\n".join(problems)
-        )
     # fresh copies: tensors read from the file may sit at unaligned offsets, where BLAS takes other
     # code paths and results differ in the last bits from the saved model
     state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in tensors.items()}
@@ -312,11 +337,17 @@ def _weights_value(value) -> str | Path:
 
 
 def _weights_present(instance, attribute, value) -> None:
+    """The weights a spec names load as `run` would load them: files, JSON config, safetensors header, tensor shapes."""
     if value == "auto":
         return
-    problem = _check_files(SHIPPED.get(value, value) if isinstance(value, str) else Path(value))
+    path = SHIPPED.get(value, value) if isinstance(value, str) else Path(value)
+    problem = _check_files(path)
     if problem:
         raise ValueError(f"{attribute.name}: {problem}")
+    try:
+        check_weights(path)
+    except DataError as exc:
+        raise ValueError(f"{attribute.name}: {exc}") from None
 
 
 def percentile_scale(data: torch.Tensor, percentile: float) -> float:

@@ -79,7 +79,12 @@ def maps_in(folder: Path, voxel_size: float):
     """(path, volume at `voxel_size`) for every .mrc/.map file of `folder`, in name order; DataError if none."""
     from cryoinverse.resample import fourier_resample
 
-    paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".mrc", ".map"))
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: is a file; give the folder that holds the training maps")
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mrc", ".map"))
     if not paths:
         raise DataError(f"{folder}: no .mrc or .map files to train on")
     for path in paths:

@@ -181,7 +181,7 @@ def test_validate_good_and_bad_specs(cli, maps):
     bad = maps / "bad.toml"
     bad.write_text(TASK.replace("steps = 10", "steps = 2.5").replace('"gaussian"', '"gausian"'))
     result = invoke(cli, "validate", bad)
-    assert_user_error(result, "[sampler] steps: expected int, got float 2.5", "Did you mean 'gaussian'?")
+    assert_user_error(result, "[sampler] steps: expected int or 'auto', got float 2.5", "Did you mean 'gaussian'?")
     assert not (maps / "restored.mrc").exists()
 
     assert_user_error(invoke(cli, "validate", good, "--set", "sampler.steps=-1"), "[sampler] steps: must be > 0")
@@ -331,6 +331,30 @@ def test_outputs_in_a_read_only_folder_are_refused_before_any_work(cli, maps, tm
         assert result.exit_code == 1 and "is not writable" in result.output and not called
     finally:
         ro.chmod(0o700)
+
+
+UNWRITABLE = Path("/proc/cryoinverse-output")  # no one, root included, creates files in /proc
+
+
+def unwritable_or_skip() -> Path:
+    """A folder where file creation fails for every user, or a skip where the system has none."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc, where no user can create files")
+    return UNWRITABLE
+
+
+def test_an_output_on_a_file_system_that_refuses_writes_is_found_before_any_work(cli, maps, tmp_path, monkeypatch):
+    """Permission bits pass for root on /proc and read-only mounts: creating a file there is the test."""
+    from cryoinverse import runner
+
+    folder = unwritable_or_skip()
+    task = tmp_path / "task.toml"
+    called = []
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: called.append(1))
+    task.write_text(TASK.replace('[inputs]', f'[outputs]\nmap = "{folder}/restored.mrc"\n\n[inputs]'))
+    result = invoke(cli, "run", task, "--quiet")
+    assert_user_error(result, "cannot be created", "/proc is not writable")
+    assert not called
 
 
 def test_fsc_plot_under_a_file_is_refused_before_reading(cli, tmp_path):

@@ -75,12 +75,12 @@ BAD_TASKS = {
     "float for int": (
         ("steps = 10", "steps = 2.5"),
         "[sampler]", "steps",
-        ["expected int, got float 2.5", "number of Euler steps"],
+        ["expected int or 'auto', got float 2.5", "number of Euler steps"],
     ),
     "string for int": (
         ("steps = 10", 'steps = "abc"'),
         "[sampler]", "steps",
-        ["expected int, got string 'abc'"],
+        ["expected int or 'auto', got string 'abc'"],
     ),
     "string for bool": (
         ("steps = 10", 'normalize_gradient = "yes"'),
@@ -260,7 +260,7 @@ def test_load_spec_applies_overrides(maps):
 def test_bad_override_is_reported_like_a_bad_file_value(maps):
     path = write_task(maps, TASK)
     error = spec_error(path, ["sampler.steps=abc"])
-    assert error.problems[0].startswith(f"{path}: [sampler] steps: expected int, got string 'abc'")
+    assert error.problems[0].startswith(f"{path}: [sampler] steps: expected int or 'auto', got string 'abc'")
     error = spec_error(path, ["sampler.stepz=3"])
     assert "[sampler] stepz: unknown field; did you mean 'steps'?" in error.problems[0]
 
