@@ -50,3 +50,33 @@ def test_cli_finds_a_mirror_and_writes_the_aligned_map(moved, tmp_path):
     summary = json.loads(result.output)
     assert summary["mirror"] is True and summary["auc"] > 0.85
     assert (tmp_path / "b_on_a.mrc").exists()
+
+
+def test_a_map_aligned_onto_itself_is_the_identity_exactly():
+    """The identity is a candidate: no grid rotation near it, and no interpolated copy, wins over it."""
+    from cryoinverse.testing import sample_density
+
+    v = sample_density(16, seed=2)[0].double()
+    alignment, out = align_maps(v, v, 2.0, rounds=2)
+    assert torch.equal(alignment.rotation, torch.eye(3, dtype=alignment.rotation.dtype))
+    assert alignment.shift_A == (0.0, 0.0, 0.0) and not alignment.mirror
+    assert alignment.correlation == pytest.approx(1.0, abs=1e-12)
+    assert torch.equal(out, v)
+
+
+def test_constant_maps_are_refused_before_any_work(tmp_path, monkeypatch):
+    from cryoinverse import align
+
+    searched = []
+    monkeypatch.setattr(align, "_search", lambda *a, **k: searched.append(1))
+    a = write_volume(tmp_path / "a.mrc", demo_map())
+    zero = write_volume(tmp_path / "zero.mrc", demo_map().with_data(torch.zeros(demo_map().shape)))
+    for ref, mov in ((a, zero), (zero, a)):
+        out = tmp_path / "out.mrc"
+        result = CliRunner().invoke(build_cli(), ["align", str(ref), str(mov), "--out", str(out)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert f"{zero}: is constant (every voxel 0)" in result.output
+        assert not out.exists()
+    assert not searched
+    with pytest.raises(ValueError, match="the moving map is constant"):
+        align_maps(demo_map().data, torch.full(demo_map().shape, 3.0), 1.5)

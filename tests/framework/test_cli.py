@@ -187,6 +187,42 @@ def test_validate_good_and_bad_specs(cli, maps):
     assert_user_error(invoke(cli, "validate", good, "--set", "sampler.steps=-1"), "[sampler] steps: must be > 0")
 
 
+def test_validate_refuses_a_task_that_cannot_fit_in_memory(cli, maps, monkeypatch):
+    from cryoinverse import resources
+
+    task = maps / "task.toml"
+    task.write_text("samples = 1000000000\n" + TASK)
+    result = invoke(cli, "validate", task)
+    # 1e9 samples x 16^3 voxels x 8 bytes (initial noise and map, float32) = 30.5 TiB
+    assert_user_error(result, "samples: 1000000000 samples of a 16^3 map need at least", "TiB of memory", "lower samples")
+    monkeypatch.setattr(resources, "physical_memory", lambda: 2**19)  # 512 KiB: 4 samples of 16^3 fit, not 4 at once
+    task.write_text("samples = 4\n" + TASK)
+    assert_user_error(invoke(cli, "validate", task), "batch: 4 maps of 16^3 sampled at once", "lower batch")
+    task.write_text("samples = 4\nbatch = 1\n" + TASK)
+    assert invoke(cli, "validate", task).exit_code == 0
+
+
+def test_a_poser_that_would_never_run_is_an_error_naming_its_section(cli, maps):
+    task = maps / "task.toml"
+    task.write_text(TASK + '\n[poser]\nkind = "search"\n')
+    result = invoke(cli, "validate", task)
+    assert_user_error(result, "[poser] search: no operator of this task observes images with poses (operators: spectral-noise)", "remove [poser]")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors"])
+def test_validate_reads_the_weights_header_as_run_does(cli, maps, damage):
+    from cryoinverse.priors.cryofm import DEFAULT_WEIGHTS, meta_path
+
+    weights = maps / "broken.safetensors"
+    data = DEFAULT_WEIGHTS.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"PK\x03\x04 a zip file, not tensors" * 4)
+    meta_path(weights).write_text(meta_path(DEFAULT_WEIGHTS).read_text())
+    task = maps / "task.toml"
+    task.write_text(TASK.replace('kind = "gaussian"', 'kind = "cryofm"\nweights = "broken.safetensors"').replace('guidance = "exact"', 'guidance = "wiener"'))
+    result = invoke(cli, "validate", task)
+    assert_user_error(result, "[prior] weights:", "broken.safetensors: not a readable safetensors file")
+
+
 def test_list_shows_every_kind_or_one(cli):
     everything = invoke(cli, "list").stdout
     for heading in ("priors:", "operators:", "samplers:", "posers:"):

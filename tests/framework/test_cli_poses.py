@@ -189,3 +189,58 @@ def test_truth_with_other_rows_is_refused(cli, data, tmp_path):
     short = write_star(tmp_path / "short.star", {"optics": blocks["optics"], "particles": {k: v[:5] for k, v in blocks["particles"].table.items()}})
     result = invoke(cli, "poses", data["particles"], "--map", data["map"], "--out", tmp_path / "p.star", "--truth", short)
     assert_user_error(result, "has 5 particle rows", f"has {COUNT}")
+
+
+def test_an_output_where_no_file_can_be_created_is_found_before_any_work(cli, data, monkeypatch):
+    from cryoinverse.posers.search import Search
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc, where no user (root included) can create files")
+    monkeypatch.setattr(Search, "estimate", lambda *a, **k: pytest.fail("searched before finding the output unwritable"))
+    result = invoke(cli, "poses", data["particles"], "--map", data["map"], "--out", "/proc/cryoinverse-poses.star")
+    assert_user_error(result, "/proc/cryoinverse-poses.star: cannot be created", "/proc is not writable")
+
+
+def test_negative_defocus_is_refused_naming_the_convention(cli, data, tmp_path):
+    blocks = read_star(data["particles"], keep_text=True)
+    particles = blocks["particles"]
+    for column in ("rlnDefocusU", "rlnDefocusV"):
+        particles.set_column(column, -np.asarray(particles.table[column], dtype=np.float64))
+    particles.set_column("rlnImageName", np.array([f"{i + 1}@{data['stack'].resolve()}" for i in range(len(particles))]))
+    flipped = write_star(tmp_path / "flipped.star", blocks)
+    result = invoke(cli, "poses", flipped, "--map", data["map"], "--out", tmp_path / "p.star")
+    assert_user_error(result, "negative defocus", "every row (row 1, 2, 3, 4, 5, ...", "positive underfocus")
+    assert not (tmp_path / "p.star").exists()
+
+
+def test_stacks_in_another_folder_are_found_with_datadir(cli, data, tmp_path):
+    moved = tmp_path / "stacks"
+    moved.mkdir()
+    (moved / data["stack"].name).write_bytes(data["stack"].read_bytes())
+    star = tmp_path / "particles.star"
+    star.write_text(data["particles"].read_text())  # names the stack relative to the STAR, which is not beside it now
+    missing = invoke(cli, "poses", star, "--map", data["map"], "--out", tmp_path / "p.star")
+    assert_user_error(missing, f"image stack {data['stack'].name} not found", "--datadir DIR")
+    found = invoke(cli, "poses", star, "--map", data["map"], "--out", tmp_path / "p.star", "--datadir", moved,
+                   "-p", "level=1", "-p", "refinements=0", "--json")
+    assert found.exit_code == 0, found.stderr
+    assert json.loads(found.stdout)["images"] == COUNT
+    assert_user_error(invoke(cli, "poses", star, "--map", data["map"], "--out", tmp_path / "q.star", "--datadir", tmp_path / "nowhere"),
+                      "--datadir", "folder not found")
+
+
+def test_poses_do_not_depend_on_the_chunk_size():
+    """What the search computes over the stack (the matched spectrum) is the whole stack's, not each chunk's."""
+    from cryoinverse.posers.search import Search
+    from cryoinverse.poses_io import estimate_in_chunks
+
+    volume = density().double()
+    g = torch.Generator().manual_seed(4)
+    rotations = random_rotations(12, g)
+    images = project_fourier(volume, rotations, None, PIXEL)
+    images = (images + images.std() * torch.randn(images.shape, generator=g, dtype=torch.float64)).float()
+    search = Search(level=1, refinements=2, shift_range=0.0)
+    small, _ = estimate_in_chunks(search, images, volume.float(), PIXEL, chunk=3)
+    whole, _ = estimate_in_chunks(search, images, volume.float(), PIXEL, chunk=12)
+    assert torch.equal(small.rotations, whole.rotations)
+    torch.testing.assert_close(small.scores, whole.scores, rtol=1e-6, atol=0)

@@ -141,3 +141,19 @@ def test_params_match_cryodrgn_ctf_array(shared_data):
     for column, name in zip(range(2, 9), ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")):
         np.testing.assert_allclose(getattr(params, name).numpy(), theirs[:, column], rtol=1e-6, err_msg=name)
     assert float(params.bfactor[1]) == 26.0  # per-tilt dose B-factor rlnCtfBfactor = -26, read as attenuation
+
+
+def _ctf_table(defocus_u, defocus_v) -> dict:
+    count = len(defocus_u)
+    return {"rlnDefocusU": np.asarray(defocus_u, dtype=float), "rlnDefocusV": np.asarray(defocus_v, dtype=float),
+            "rlnDefocusAngle": np.zeros(count), "rlnVoltage": np.full(count, 300.0),
+            "rlnSphericalAberration": np.full(count, 2.7), "rlnAmplitudeContrast": np.full(count, 0.1)}
+
+
+def test_negative_defocus_is_refused_naming_rows_and_convention():
+    with pytest.raises(DataError, match=r"negative defocus .* in every row \(row 1, 2, 3; .*positive underfocus"):
+        CTFParams.from_star(_ctf_table([-15000, -14000, -9000], [-15200, -14100, -9100]), where="particles.star")
+    with pytest.raises(DataError, match=r"particles.star: negative defocus .* in 1 of 3 rows \(row 2;"):
+        CTFParams.from_star(_ctf_table([15000, -14000, 9000], [15200, -14100, 9100]), where="particles.star")
+    # near focus one axis may cross zero (astigmatism): the mean defocus decides
+    assert len(CTFParams.from_star(_ctf_table([300.0, 1000.0], [-100.0, 900.0]))) == 2

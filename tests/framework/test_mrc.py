@@ -8,6 +8,8 @@ against our own reader.
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 
 import mrcfile
@@ -422,3 +424,30 @@ def test_mapped_output_leaves_no_file_after_an_error_or_nan(tmp_path):
             data[2, 3, 4] = np.nan
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.mrc"]
+
+
+def test_a_killed_write_leaves_a_part_that_the_next_write_of_that_name_removes(tmp_path):
+    """SIGKILL gives a writer no chance to clean up; its temporary file names its (now dead) process."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "map.mrc"
+    child = (
+        "import os, signal, sys\n"
+        "from cryoinverse.mrc import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half a map')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(target)], capture_output=True)
+    assert done.returncode == -signal.SIGKILL
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(stale) == 1 and stale[0].name.startswith(".map.mrc.") and not target.exists()
+
+    live = tmp_path / f".map.mrc.{os.getpid()}@{socket.gethostname()}.abc123.part"  # a writer still running
+    live.write_bytes(b"")
+    other = tmp_path / ".other.mrc.1@nohost.abc123.part"  # another output's
+    other.write_bytes(b"")
+    write_volume(target, random_volume(seed=0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map.mrc", live.name, other.name])

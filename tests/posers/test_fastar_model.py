@@ -55,7 +55,7 @@ def test_a_tiny_network_overfits_a_tiny_set():
 
     before = median_error()
     losses = []
-    for _ in range(400):
+    for _ in range(800):
         maps, conf, _ = model(images)
         loss = planar_loss(maps, conf, target)
         opt.zero_grad()
@@ -63,6 +63,8 @@ def test_a_tiny_network_overfits_a_tiny_set():
         opt.step()
         losses.append(float(loss.detach()))
     after = median_error()
-    # measured: loss 2.84 -> -0.004, median rotation error 140 -> 4.0 degrees
+    # Training is chaotic: reductions summed in another order (other thread counts, CPUs) end at
+    # other weights. At 400 steps the error was 4.0 degrees with 1 thread and 16.8 with 2; by 800
+    # it has converged: measured 0.1-1.0 degrees over 4 seeds x 1 and 2 threads, a tenth of the bound.
     assert losses[-1] < losses[0] / 4
-    assert before > 90.0 and after < 15.0
+    assert before > 90.0 and after < 10.0

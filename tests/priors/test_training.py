@@ -160,3 +160,21 @@ def test_a_checkpoint_with_objects_is_refused(maps, tmp_path):
     torch.save({"step": 1, "payload": _Payload()}, out / "checkpoint.pt")
     with pytest.raises(DataError, match="could run code"):
         _run(_cfg(maps, out, 2))
+
+
+@pytest.mark.parametrize("command", [["prior"], ["poser", "--maps"]])
+def test_train_with_a_missing_data_folder_prints_one_error_and_no_progress(tmp_path, command):
+    """Off a terminal a progress bar prints its label: it must not appear before an error found at the start."""
+    from click.testing import CliRunner
+
+    from cryoinverse.cli import build_cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # click 8.2+ keeps stderr apart always
+        runner = CliRunner()
+    option = command[1] if len(command) > 1 else "--data"
+    missing = tmp_path / "no-such-folder"
+    result = runner.invoke(build_cli(), ["train", command[0], option, str(missing), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [f"Error: {missing}: folder not found"]

@@ -165,3 +165,42 @@ def test_wiener_guidance_with_an_estimated_spectrum():
     exact = FlowPosteriorEuler(steps=20, guidance="exact").run(estimated, likelihood, init)
     wiener = FlowPosteriorEuler(steps=20, guidance="wiener", prior_error=1.0).run(_Opaque(inner), likelihood, init)
     torch.testing.assert_close(wiener, exact, rtol=2e-4, atol=2e-4)
+
+
+def test_auto_steps_follow_the_guidance_that_runs(problem):
+    from cryoinverse.samplers.flow_posterior_euler import AUTO_STEPS
+
+    _, likelihood, *_ = problem
+    auto = FlowPosteriorEuler()
+    assert (auto.guidance, auto.steps) == ("auto", "auto")
+    resolved = auto.resolved(likelihood)  # spectral noise is Fourier-diagonal with noise everywhere: wiener
+    assert (resolved.guidance, resolved.steps) == ("wiener", AUTO_STEPS["wiener"]) == ("wiener", 10)
+    assert FlowPosteriorEuler(guidance="cryofm").resolved(likelihood).steps == 200
+    assert FlowPosteriorEuler(guidance="exact").resolved(likelihood).steps == 100
+    fixed = FlowPosteriorEuler(guidance="wiener", steps=37)
+    assert fixed.resolved(likelihood) is fixed
+    # run() of an unresolved sampler integrates exactly as the resolved one does
+    torch.testing.assert_close(_run(auto, problem), _run(resolved, problem), rtol=0, atol=0)
+
+
+def test_the_report_records_the_guidance_and_steps_that_ran(tmp_path):
+    """A task that names neither: the report's task says wiener and 10 steps, never 'auto'."""
+    from cryoinverse.runner import execute
+    from cryoinverse.specs import TaskSpec
+    from tests.conftest import blob_density
+
+    clean = blob_density()
+    noisy = clean.with_data(clean.data + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)))
+    spec = TaskSpec(prior=GaussianPrior(), operators=[SpectralNoise(noise_variance=0.01)], sampler=FlowPosteriorEuler(), device="cpu")
+    steps = []
+    result = execute(spec, progress=lambda total, label: _counting(steps, total), observation=noisy)
+    sampler = result.report["task"]["sampler"]
+    assert (sampler["guidance"], sampler["steps"]) == ("wiener", 10)
+    assert steps == [10]  # the progress bar counted the steps that ran
+
+
+def _counting(record: list, total: int):
+    import contextlib
+
+    record.append(total)
+    return contextlib.nullcontext(lambda n: None)
