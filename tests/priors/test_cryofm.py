@@ -154,10 +154,12 @@ def test_unexpected_tensors_are_listed_together_with_missing_ones(weights):
 
     _rewrite(weights, edit)
     with pytest.raises(DataError) as err:
-        CryoFMPrior(weights=weights).velocity(noise(1), 0.5)
-    message = str(err.value)
-    assert "unexpected (2): extra.bias (3,), mapping.blocks.0.up_proj.weight.renamed (128, 32)" in message
-    assert "missing (1): mapping.blocks.0.up_proj.weight (128, 32)" in message
+        load_prior(weights)
+    with pytest.raises(ValueError) as at_spec:  # a task naming these weights is refused at validation
+        CryoFMPrior(weights=weights)
+    for message in (str(err.value), str(at_spec.value)):
+        assert "unexpected (2): extra.bias (3,), mapping.blocks.0.up_proj.weight.renamed (128, 32)" in message
+        assert "missing (1): mapping.blocks.0.up_proj.weight (128, 32)" in message
 
 
 def test_missing_json(weights):
