@@ -102,6 +102,171 @@ class Poser(Protocol):
         """Poses (`cryoinverse.poses.Poses`) of images (N, n, n) against a volume (n, n, n) at `pixel_size` Å."""
 
 
+# -- optional capabilities ------------------------------------------------------------------
+# What a component can do beyond its kind's protocol is a type: the runner, samplers and the
+# conformance kit test `isinstance(component, Capability)`, so a capability is either all there
+# or not there, and docs/plugins.md lists each by the name below. A misspelt member makes the
+# check fail loudly in the conformance kit (`cryoinverse.testing.capabilities`), not silently.
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """Any component: looks at the task's geometry and observation before work starts."""
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Called once before sampling (see `PrepareContext`)."""
+
+
+@runtime_checkable
+class FixedGeometry(Protocol):
+    """A prior made for one box edge and voxel size (a network): the runner tiles and resamples other maps."""
+
+    box: int | None
+    voxel_size: float | None
+
+
+@runtime_checkable
+class ChoosesByVoxelSize(Protocol):
+    """A prior that is another prior at another voxel size (one of several trained networks)."""
+
+    def for_voxel_size(self, voxel_size: float) -> Any:
+        """The prior to use for maps of `voxel_size` Å (itself when nothing changes)."""
+
+
+@runtime_checkable
+class Tiled(Protocol):
+    """A prior that runs on tiles of a larger map: boxes per call and their overlap (voxels)."""
+
+    tile_batch: int
+    tile_overlap: int | None
+
+
+@runtime_checkable
+class HasNetwork(Protocol):
+    """A prior that computes with a loaded network, shared by the chunks of a chunked run."""
+
+    def network(self, device: torch.device) -> Any:
+        """Load the network onto `device` (once) and return it."""
+
+
+@runtime_checkable
+class PercentileScaled(Protocol):
+    """A prior normalised by a percentile of the map (`meta.normalization.percentile`): a chunked
+    run measures it over the whole map and sets `scale`."""
+
+    scale: float | None
+    meta: Any
+    scale_from: str
+
+
+@runtime_checkable
+class ClosedFormConditional(Protocol):
+    """A prior whose x1 given x_t is Gaussian in closed form (exact and Wiener guidance)."""
+
+    def conditional(self, x_t: torch.Tensor, t: float) -> "GaussianConditional":
+        """x1 | x_t as mean, per-coefficient variance and gain."""
+
+
+@runtime_checkable
+class DensityJacobian(Protocol):
+    """A prior whose normalisation has a Jacobian `cryoinverse loglik` adds (log p in density units)."""
+
+    def log_det_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """log |det d normalize / dx| per map."""
+
+
+@runtime_checkable
+class FourierDiagonal(Protocol):
+    """An operator diagonal in Fourier space with Gaussian noise: F(A x) = a F(x), noise power N."""
+
+    def fourier_diagonal(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, N) per coefficient of the box `shape` (n for a cube, else (z, y, x)), float64."""
+
+
+@runtime_checkable
+class PseudoInverse(Protocol):
+    """An operator that can put an observation back into a map (`flow-posterior-pseudoinverse`)."""
+
+    def pseudo_inverse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x with its observed part replaced by y's."""
+
+
+@runtime_checkable
+class LoadsObservation(Protocol):
+    """An operator whose observation is not a plain map (an image stack)."""
+
+    def load_observation(self, path, voxel_size: float | None = None) -> Any:
+        """The observation read from `path`."""
+
+
+@runtime_checkable
+class DefaultObservation(Protocol):
+    """An operator that has its observation without a path (the average of its half maps)."""
+
+    def default_observation(self) -> Any:
+        """The observation, or None when it has none."""
+
+
+@runtime_checkable
+class VolumeGeometry(Protocol):
+    """An operator that knows the box of the map to reconstruct when no map gives it (from images)."""
+
+    def volume_geometry(self) -> tuple[tuple[int, int, int], float] | None:
+        """((z, y, x), voxel size in Å), or None."""
+
+
+@runtime_checkable
+class TakesPoses(Protocol):
+    """An operator observing images whose poses may be unknown: a poser places them."""
+
+    def needs_poser(self) -> bool:
+        """True when the poses are unknown."""
+
+    def set_poses(self, rotations: torch.Tensor | None, shifts: torch.Tensor | None = None) -> None:
+        """Take poses: rotations (N, 3, 3), shifts (N, 2) in Å; None forgets them."""
+
+    def filters(self, n: int, device="cpu", dtype=torch.float32) -> torch.Tensor | None:
+        """Each image's CTF (N, n, n, `fft2` order), or None."""
+
+    @property
+    def has_poses(self) -> bool:
+        """True once the operator holds poses."""
+
+    @property
+    def image_pixel_size(self) -> float:
+        """The images' pixel size in Å."""
+
+
+@runtime_checkable
+class EstimatesSignal(Protocol):
+    """An operator that estimates the clean map's per-shell power from its observation."""
+
+    def signal_power(self, n) -> torch.Tensor:
+        """Per-shell power of the clean map (n as for `fourier_diagonal`)."""
+
+
+@runtime_checkable
+class HalfMaps(Protocol):
+    """An operator whose noise came from two half maps: the report's half-map checks use them."""
+
+    def halves(self) -> tuple[Volume, Volume] | None:
+        """The two half maps, or None when the noise did not come from them."""
+
+    def for_half_map(self) -> Any:
+        """The operator of one half map (twice the noise)."""
+
+
+@runtime_checkable
+class HalfMapNoiseEstimator(Protocol):
+    """An operator that estimates a per-shell noise spectrum from two half maps of any box
+    (a chunked run estimates it chunk by chunk and sets the operator's `noise_power`)."""
+
+    noise_power: Any
+
+    def half_map_noise(self, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+        """Per-shell noise power (float64) of the average of `h1` and `h2`."""
+
+
 @runtime_checkable
 class Resolvable(Protocol):
     """A sampler with settings chosen from the observation ("auto" guidance or step counts).
@@ -111,6 +276,22 @@ class Resolvable(Protocol):
 
     def resolved(self, likelihood: "Likelihood | None"):
         """This sampler (or a copy) with every "auto" setting fixed for `likelihood`."""
+
+
+@runtime_checkable
+class MapFreePoser(Protocol):
+    """A poser that places images relative to each other without a map (up to one global rotation)."""
+
+    def relative_poses(self, images: torch.Tensor, pixel_size: float) -> Any:
+        """`Poses` of `images` (N, n, n) in the first image's frame."""
+
+
+@runtime_checkable
+class StagedPoser(Protocol):
+    """A poser that works coarse to fine: the frequency limits of its stages."""
+
+    def resolutions(self, n: int, pixel_size: float) -> list[float]:
+        """Frequency limits (Å) of its stages, coarse to fine."""
 
 
 @runtime_checkable
@@ -126,6 +307,25 @@ class StackPoser(Protocol):
 
     def with_stack_statistics(self, statistics):
         """A poser (this one or a copy) that uses `statistics` of the whole stack in every `estimate`."""
+
+
+CAPABILITIES: dict[str, tuple[type, ...]] = {
+    "prior": (Preparable, FixedGeometry, ChoosesByVoxelSize, Tiled, HasNetwork, PercentileScaled, ClosedFormConditional, DensityJacobian),
+    "operator": (
+        Preparable, FourierDiagonal, PseudoInverse, LoadsObservation, DefaultObservation, VolumeGeometry, TakesPoses,
+        EstimatesSignal, HalfMaps, HalfMapNoiseEstimator,
+    ),
+    "sampler": (Preparable, Resolvable),
+    "poser": (Preparable, MapFreePoser, StagedPoser, StackPoser),
+}
+"""The optional capabilities of each component kind, as the runner and the conformance kit test them."""
+
+
+def capabilities(component: Any, kind: str | None = None) -> list[str]:
+    """The names of the capabilities `component` has (of its `kind`'s, or of all kinds)."""
+    kinds = [kind] if kind is not None else list(CAPABILITIES)
+    found = dict.fromkeys(c.__name__ for k in kinds for c in CAPABILITIES[k] if isinstance(component, c))
+    return list(found)
 
 
 @attrs.frozen
