@@ -52,7 +52,7 @@ from .levels import DEFAULT_WIDTH, NOISE_SHAPES, noise_power_for_resolution, rea
 from .metrics import compare
 from .mrc import atomic_path, read_volume
 from .registry import Registry, get_registry
-from .runner import execute
+from .engine import execute
 from .specs import Inputs, TaskSpec, build_component
 from .volume import Volume
 

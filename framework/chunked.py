@@ -4,7 +4,7 @@ A tomogram (200 x 400 x 400 voxels at 10 A: 128 MB as float32, and several times
 while it is restored: the flow state, the operators' FFTs in complex128, the prior's boxes) is cut
 into overlapping chunks of `chunk` voxels per edge (`chunk_plan`: along each axis as
 `cryoinverse.tiling.axis_tiles` places a prior's boxes, neighbours sharing `chunk_overlap`
-voxels). Each chunk is restored as a task of its own (`cryoinverse.runner.execute` on the chunk:
+voxels). Each chunk is restored as a task of its own (`cryoinverse.engine.execute` on the chunk:
 operators, prior and sampler prepared on the chunk) and added into the output with the tiles'
 smooth weights, a partition of unity: 0 on the `margin` = overlap // 4 voxels at each inner chunk
 face, a sin^2 taper across the rest of the overlap, 1 inside. The input is read through a memory
@@ -72,10 +72,13 @@ import attrs
 import numpy as np
 import torch
 
-from .components import Likelihood, Observation, PrepareContext
+from .components import HalfMapNoiseEstimator, HasNetwork, Likelihood, Observation, PercentileScaled, PrepareContext
+from .devices import resolve_device
+from .engine import RunResult, call_prepare, execute, for_voxel_size, report_header, signal_estimate
 from .errors import DataError, SpecError
 from .fourier import box_text, n_shells, reference_edge
 from .mrc import MappedVolume, mapped_output
+from .outputs import check_outputs, write_json
 from .progress import ProgressFactory, silent
 from .slices import write_planes_png
 from .spectra import spectrum_on_box
@@ -215,10 +218,9 @@ def _chunk_spec(spec: TaskSpec, prior: Any, chunk: Chunk, shape: tuple[int, int,
 
 def _percentile_normalised(prior: Any) -> float | None:
     """The percentile a prior normalises by when it takes it from the map (cryofm without `scale`), else None."""
-    if not attrs.has(type(prior)) or "scale" not in attrs.fields_dict(type(prior)) or prior.scale is not None:
+    if not isinstance(prior, PercentileScaled) or prior.scale is not None:
         return None
-    meta = getattr(prior, "meta", None)
-    return getattr(getattr(meta, "normalization", None), "percentile", None)
+    return getattr(getattr(prior.meta, "normalization", None), "percentile", None)
 
 
 def density_scale(
@@ -231,8 +233,6 @@ def density_scale(
     kept (n (1 - percentile / 100) + 1 of them: 641 for 99.999 on 64 M voxels). On one chunk it is
     `cryoinverse.priors.cryofm.percentile_scale` of that chunk's estimate.
     """
-    from .runner import _call_prepare, _signal_estimate
-
     shape = source.shape
     count = math.prod(shape)
     rank = min(count, max(1, math.ceil(percentile / 100 * count)))
@@ -245,9 +245,9 @@ def density_scale(
             operators = [_for_chunk(op, chunk.size, shape) for op in spec.operators]
             ctx = PrepareContext(shape=chunk.size, voxel_size=source.voxel_size, device=device, observation=observation, operators=operators)
             for op in operators:
-                _call_prepare(op, ctx)
+                call_prepare(op, ctx)
             likelihood = Likelihood([Observation(op, observation.data.to(device)) for op in operators])
-            estimate = _signal_estimate(likelihood, observation)
+            estimate = signal_estimate(likelihood, observation)
             values = estimate if estimate is not None else observation
         core = values.data[tuple(slice(a, b) for a, b in chunk.owned)].reshape(-1).to(torch.float64).clamp(min=0.0)
         merged = torch.cat([largest, core])
@@ -262,12 +262,7 @@ def density_scale(
 def chunkable_halves(op: Any) -> bool:
     """Whether an operator's `half_maps` can be used chunk by chunk: it has them, estimates noise from
     two half maps of any box (`half_map_noise`) and takes a per-shell `noise_power`."""
-    return (
-        getattr(op, "half_maps", None) is not None
-        and callable(getattr(op, "half_map_noise", None))
-        and attrs.has(type(op))
-        and "noise_power" in attrs.fields_dict(type(op))
-    )
+    return isinstance(op, HalfMapNoiseEstimator) and getattr(op, "half_maps", None) is not None
 
 
 class MeanOfMapped:
@@ -404,8 +399,6 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
     """Restore `spec`'s observed map chunk by chunk (`spec.chunk` voxels per edge) and write what
     `[outputs]` names (map, std, slices) and the JSON report; returns a `RunResult` without maps in
     memory (`volume` None: the map is on disk). See the module doc."""
-    from .runner import RunResult, check_outputs, execute, for_voxel_size, report_header, resolve_device, write_json
-
     if spec.chunk is None:
         raise SpecError("chunk: not set; run_chunked needs the chunk edge in voxels")
     check_structure(spec)
@@ -452,15 +445,14 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
         percentile = None if single else _percentile_normalised(prior)
         if percentile is not None:
             t_scale = time.perf_counter()
-            from_estimate = getattr(prior, "scale_from", "estimate") == "estimate"
+            from_estimate = prior.scale_from == "estimate"
             scale = density_scale(run_spec, source, chunks, percentile, from_estimate, device)
             prior = attrs.evolve(prior, scale=scale)
             run_spec = attrs.evolve(run_spec, prior=prior)
             timings["density_scale_s"] = time.perf_counter() - t_scale
             chunks_report["density_scale"] = {"value": scale, "percentile": percentile, "of": "Wiener estimates" if from_estimate else "observation"}
-        load = getattr(prior, "network", None)
-        if callable(load) and not single:
-            load(device)  # once: every chunk's copy of the prior shares the loaded network
+        if isinstance(prior, HasNetwork) and not single:
+            prior.network(device)  # once: every chunk's copy of the prior shares the loaded network
         t_chunks = time.perf_counter()
         std_path = outputs.std
         output = mapped_output(outputs.map, shape, voxel_size, source.origin, overwrite)
@@ -473,7 +465,7 @@ def run_chunked(spec: TaskSpec, overwrite: bool = False, progress: ProgressFacto
                     observation = source.block(chunk.start, chunk.size)
                     task = _chunk_spec(run_spec, prior, chunk, shape, seed=spec.seed if single else spec.seed + 1 + chunk.index)
                     init = None if single else block_noise(spec.seed, spec.samples, chunk.start, chunk.size)
-                    result = execute(task, silent, observation=observation, init=init)
+                    result = execute(task, silent, observation=observation, init=init, validated=True)
                     _blend(restored, chunk, result.volume.data)
                     if std is not None:
                         _blend(std, chunk, result.std.data)

@@ -172,7 +172,7 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     """FSC between two maps: AUC-FSC, resolution at 0.5 and 0.143 (Angstrom), fail flag."""
     from .metrics import compare
     from .mrc import read_volume
-    from .runner import check_outputs, write_fsc_csv, write_fsc_plot
+    from .outputs import check_outputs, write_fsc_csv, write_fsc_plot
 
     check_outputs([p for p in (csv_path, plot_path) if p], overwrite=True)
     a, b = _matching_maps(map_a, map_b, voxel_size, "FSC", cubic=False)
@@ -185,9 +185,9 @@ def fsc(map_a: Path, map_b: Path, mask: Path | None, voxel_size: float | None, a
     if plot_path:
         write_fsc_plot(plot_path, {f"{map_a.name} vs {map_b.name}": result})
     if as_json:
-        from .runner import _finite
+        from .outputs import finite
 
-        click.echo(json.dumps(_finite(result)))
+        click.echo(json.dumps(finite(result)))
         return
     _echo_metrics({f"{map_a.name} vs {map_b.name}": result})
 
@@ -238,9 +238,10 @@ def degrade(
     import torch
 
     from .components import PrepareContext
+    from .engine import call_prepare
     from .levels import noise_power_for_resolution, read_fsc_curve
     from .mrc import read_volume, write_volume
-    from .runner import check_outputs
+    from .outputs import check_outputs
     from .specs import component_from_params
 
     if target_resolution is None and (half_maps or fsc_curve is not None):
@@ -261,8 +262,7 @@ def degrade(
         """The operator, its noise set from the target (times `factor`) when one is given."""
         extra = () if power is None else (f"noise_power={(factor * power).tolist()}",)
         op = component_from_params("operator", kind, (*params, *extra))
-        if hasattr(op, "prepare"):
-            op.prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
+        call_prepare(op, PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
         return op
 
     generator = torch.Generator().manual_seed(seed)
@@ -328,7 +328,7 @@ def align(reference: Path, moving: Path, out: Path, allow_mirror: bool, voxel_si
     from .metrics import compare
     from .mrc import write_volume
     from .rotations import matrix_to_euler_zyz
-    from .runner import check_outputs
+    from .outputs import check_outputs
 
     from .align import constant_map_problem
 
@@ -390,7 +390,8 @@ def poses(
     from .mrc import read_volume
     from .poses import pose_metrics
     from .poses_io import checkpoint_path, estimate_star_poses, median_score, read_poses_star, write_sky_map
-    from .runner import check_outputs, resolve_device
+    from .devices import resolve_device
+    from .outputs import check_outputs
     from .specs import component_from_params
     from .star import particle_block, read_star
 
@@ -434,9 +435,9 @@ def poses(
     if known is not None:
         summary["metrics"] = pose_metrics(found, known)
     if as_json:
-        from .runner import _finite
+        from .outputs import finite
 
-        click.echo(json.dumps(_finite(summary)))
+        click.echo(json.dumps(finite(summary)))
         return
     if done.note:
         click.echo(done.note)

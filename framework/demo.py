@@ -26,7 +26,8 @@ import torch
 from .mrc import read_volume, write_volume
 from .progress import ProgressFactory, silent
 from .registry import get_registry
-from .runner import check_outputs, run_task
+from .outputs import check_outputs
+from .runner import run_task
 from .specs import Inputs, Outputs, TaskSpec, component_from_table
 from .bench import Degradation
 from .levels import NOISE_SHAPES
@@ -99,7 +100,7 @@ def run_demo(
     )
     result = run_task(spec, overwrite=True, progress=progress)
     result.report["demo"] = {"target_resolution_A": resolution, "noise": noise, "map": DEMO_MAP, "prior": prior}
-    from .runner import write_json
+    from .outputs import write_json
 
     write_json(report_path, result.report)
     return result.report

@@ -525,7 +525,7 @@ def loglik_command(
     """
     from .components import PrepareContext
     from .mrc import read_volume
-    from .runner import resolve_device
+    from .devices import resolve_device
     from .specs import component_from_params
 
     if rtol == 0 and atol == 0:

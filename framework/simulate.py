@@ -281,7 +281,7 @@ def simulate_command(
     """
     from .mrc import write_volume
     from .resources import check_fits
-    from .runner import check_outputs
+    from .outputs import check_outputs
 
     if resolution is not None and resolution < 2 * voxel_size:
         raise click.BadParameter(f"{resolution:g} A is finer than Nyquist ({2 * voxel_size:g} A at this voxel size)", param_hint="--resolution")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cryoinverse import runner as runner_module
+from cryoinverse import chunked as chunked_module
 from cryoinverse.chunked import _for_chunk, block_noise, check_chunkable, chunk_plan, chunks_of, density_scale
 from cryoinverse.cli import build_cli
 from cryoinverse.errors import DataError, SpecError
@@ -120,7 +120,7 @@ def test_one_chunk_covering_the_map_is_the_unchunked_run_exactly(observed, tmp_p
 
 def test_a_run_failing_midway_leaves_no_file(observed, tmp_path, monkeypatch):
     path, _ = observed
-    real, calls = runner_module.execute, []
+    real, calls = chunked_module.execute, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -128,7 +128,7 @@ def test_a_run_failing_midway_leaves_no_file(observed, tmp_path, monkeypatch):
             raise RuntimeError("simulated failure in chunk 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "execute", failing)
+    monkeypatch.setattr(chunked_module, "execute", failing)
     spec = task(path, tmp_path / "out" / "restored.mrc", GaussianPrior(), SpectralNoise(noise_variance=0.5), 2, 24, samples=2, std=True)
     with pytest.raises(RuntimeError, match="chunk 2"):
         run_task(spec)

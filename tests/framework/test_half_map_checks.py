@@ -97,7 +97,7 @@ def test_half_maps_of_different_boxes_are_named(write_map):
 
 
 def test_a_result_far_off_the_input_scale_is_warned():
-    from cryoinverse.runner import _absurd
+    from cryoinverse.engine import _absurd
     from cryoinverse.volume import Volume
 
     y = Volume(torch.randn(8, 8, 8), 1.0)
