@@ -46,6 +46,7 @@ import click
 import numpy as np
 import torch
 
+from .components import NoiseFromHalfMaps
 from .errors import CryoinverseError, SpecError
 from .hookspecs import hookimpl
 from .levels import DEFAULT_WIDTH, NOISE_SHAPES, noise_power_for_resolution, read_fsc_curve
@@ -112,11 +113,10 @@ class Degradation:
             return clean.with_data(op.simulate(clean.data, generator)), op, None
         half_op = self.operator(clean, registry, noise_factor=2.0)
         halves = [clean.with_data(half_op.simulate(clean.data, generator)) for _ in range(2)]
-        estimate = getattr(type(half_op), "estimate", None)
-        if estimate is None:
+        if not isinstance(half_op, NoiseFromHalfMaps):
             raise SpecError(f"[degradations.{self.name}] half_maps: operator {half_op.name!r} cannot estimate its noise from half maps")
         degraded = clean.with_data(0.5 * (halves[0].data + halves[1].data))
-        return degraded, estimate(halves[0], halves[1]), halves
+        return degraded, type(half_op).estimate(halves[0], halves[1]), halves
 
 
 @attrs.frozen

@@ -118,10 +118,16 @@ class Preparable(Protocol):
 
 
 @runtime_checkable
-class FixedGeometry(Protocol):
-    """A prior made for one box edge and voxel size (a network): the runner tiles and resamples other maps."""
+class FixedBox(Protocol):
+    """A prior made for one box edge (a network; None: any): the runner tiles other maps into such boxes."""
 
     box: int | None
+
+
+@runtime_checkable
+class FixedVoxelSize(Protocol):
+    """A prior made for one voxel size in Å (None: any): the runner resamples other maps to it."""
+
     voxel_size: float | None
 
 
@@ -257,6 +263,15 @@ class HalfMaps(Protocol):
 
 
 @runtime_checkable
+class NoiseFromHalfMaps(Protocol):
+    """An operator class that builds itself with its noise estimated from two half maps (`bench`)."""
+
+    @classmethod
+    def estimate(cls, h1: Volume, h2: Volume) -> Any:
+        """The operator with the noise of the average of half maps `h1` and `h2`."""
+
+
+@runtime_checkable
 class HalfMapNoiseEstimator(Protocol):
     """An operator that estimates a per-shell noise spectrum from two half maps of any box
     (a chunked run estimates it chunk by chunk and sets the operator's `noise_power`)."""
@@ -309,11 +324,17 @@ class StackPoser(Protocol):
         """A poser (this one or a copy) that uses `statistics` of the whole stack in every `estimate`."""
 
 
+def call_prepare(component: Any, ctx: PrepareContext) -> None:
+    """`component.prepare(ctx)` where the component is `Preparable`; nothing otherwise."""
+    if isinstance(component, Preparable):
+        component.prepare(ctx)
+
+
 CAPABILITIES: dict[str, tuple[type, ...]] = {
-    "prior": (Preparable, FixedGeometry, ChoosesByVoxelSize, Tiled, HasNetwork, PercentileScaled, ClosedFormConditional, DensityJacobian),
+    "prior": (Preparable, FixedBox, FixedVoxelSize, ChoosesByVoxelSize, Tiled, HasNetwork, PercentileScaled, ClosedFormConditional, DensityJacobian),
     "operator": (
         Preparable, FourierDiagonal, PseudoInverse, LoadsObservation, DefaultObservation, VolumeGeometry, TakesPoses,
-        EstimatesSignal, HalfMaps, HalfMapNoiseEstimator,
+        EstimatesSignal, HalfMaps, HalfMapNoiseEstimator, NoiseFromHalfMaps,
     ),
     "sampler": (Preparable, Resolvable),
     "poser": (Preparable, MapFreePoser, StagedPoser, StackPoser),
@@ -370,10 +391,9 @@ class Likelihood:
         """
         info, stat = None, None
         for obs in self.observations:
-            diag = getattr(obs.operator, "fourier_diagonal", None)
-            if diag is None:
+            if not isinstance(obs.operator, FourierDiagonal):
                 return None
-            a, noise = diag(compact_shape(obs.data.shape[-3:]))
+            a, noise = obs.operator.fourier_diagonal(compact_shape(obs.data.shape[-3:]))
             a = a.to(obs.data.device, torch.float64)
             noise = noise.to(obs.data.device, torch.float64)
             precision = torch.where(a != 0, a.square() / noise, torch.zeros_like(a))

@@ -24,8 +24,8 @@ import torch
 
 from . import __version__
 from .components import (
-    ChoosesByVoxelSize, DefaultObservation, FixedGeometry, HalfMaps, Likelihood, LoadsObservation, Observation, Preparable, PrepareContext,
-    Resolvable, TakesPoses, VolumeGeometry,
+    ChoosesByVoxelSize, DefaultObservation, FixedBox, HalfMaps, Likelihood, LoadsObservation, Observation, PrepareContext,
+    Resolvable, TakesPoses, VolumeGeometry, call_prepare,
 )
 from .devices import resolve_device
 from .errors import DataError, SpecError
@@ -59,11 +59,6 @@ class RunResult:
 
 def _load(path: Path | None, voxel_size: float | None) -> Volume | None:
     return None if path is None else read_volume(path, voxel_size)
-
-
-def call_prepare(component: Any, ctx: PrepareContext) -> None:
-    if isinstance(component, Preparable):
-        component.prepare(ctx)
 
 
 def observation_of(op: Any, path: Path | None, voxel_size: float | None) -> Any:
@@ -113,7 +108,7 @@ def execute(
     reference = _load(spec.inputs.reference, vs)
     mask = _load(spec.inputs.mask, vs)
     geometry = observation or reference
-    box = spec.inputs.box or (spec.prior.box if isinstance(spec.prior, FixedGeometry) else None)
+    box = spec.inputs.box or (spec.prior.box if isinstance(spec.prior, FixedBox) else None)
     shape = geometry.shape if geometry else (grid_shape(box) if box is not None else (None,) * 3)  # (None,)*3 until an operator knows it
     voxel_size = geometry.voxel_size if geometry else vs
     ctx = PrepareContext(shape=shape, voxel_size=voxel_size, device=device, observation=observation, operators=spec.operators)

@@ -43,6 +43,7 @@ import attrs
 import click
 import torch
 
+from .components import DensityJacobian, FixedBox
 from .errors import CryoinverseError, DataError
 from .hookspecs import hookimpl
 
@@ -428,8 +429,7 @@ MIN_LOGLIK_EDGE = 4  # voxels: a spectrum and a flow need a few shells (a 1^3 ma
 
 
 def _log_det_normalize(prior, x: torch.Tensor) -> torch.Tensor:
-    fn = getattr(prior, "log_det_normalize", None)
-    value = 0.0 if fn is None else fn(x)
+    value = prior.log_det_normalize(x) if isinstance(prior, DensityJacobian) else 0.0
     value = torch.as_tensor(value, dtype=torch.float64, device=x.device)
     return value.reshape(-1).expand(x.shape[0]).clone() if value.numel() == 1 else value.reshape(x.shape[0])
 
@@ -458,7 +458,7 @@ def log_density(
         raise DataError(f"log_density needs maps (z, y, x) or batches (B, z, y, x); got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(batch).all()):
         raise DataError("the map holds NaN or infinite values")
-    box = getattr(prior, "box", None)
+    box = prior.box if isinstance(prior, FixedBox) else None
     if box is not None and tuple(batch.shape[1:]) != (box,) * 3:
         raise DataError(
             f"prior {getattr(prior, 'name', type(prior).__name__)!r} works on {box}^3 boxes; the map is "
@@ -523,7 +523,7 @@ def loglik_command(
     for the map's box and voxel size, without the map as an observation (a prior fitted to the
     map it scores would flatter it).
     """
-    from .components import PrepareContext
+    from .components import PrepareContext, call_prepare
     from .mrc import read_volume
     from .devices import resolve_device
     from .specs import component_from_params
@@ -535,9 +535,7 @@ def loglik_command(
     volume = read_volume(map_path, voxel_size)
     if min(volume.shape) < MIN_LOGLIK_EDGE:
         raise DataError(f"{map_path}: {'x'.join(map(str, volume.shape))} voxels; at least {MIN_LOGLIK_EDGE} per edge are needed")
-    prepare = getattr(prior, "prepare", None)
-    if prepare is not None:
-        prepare(PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=dev, observation=None, operators=[]))
+    call_prepare(prior, PrepareContext(shape=volume.shape, voxel_size=volume.voxel_size, device=dev, observation=None, operators=[]))
     start = time.perf_counter()
     result = log_density(
         prior,

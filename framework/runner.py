@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chunked import run_chunked
+from .components import TakesPoses
 from .devices import resolve_device
 from .engine import RunResult, call_prepare, check_half_maps, execute, for_voxel_size, report_header, resolve_sampler
 from .errors import DataError
@@ -76,7 +77,7 @@ def write_estimated_poses(spec: TaskSpec, i: int, poses: Poses, path: Path) -> P
     from .star import read_star
 
     op = spec.operators[i]
-    pixel = float(getattr(op, "image_pixel_size", None) or 1.0)
+    pixel = float((op.image_pixel_size if isinstance(op, TakesPoses) else None) or 1.0)
     star = getattr(op, "star", None)
     if star is not None:
         blocks = rebase_image_names(read_star(star, keep_text=True), star, path)

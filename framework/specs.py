@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from .components import FixedBox, TakesPoses
 from .errors import CryoinverseError, DataError, RegistryError, SpecError
 from .fourier import box_text, grid_shape
 from .mrc import read_header
@@ -432,7 +433,7 @@ def check_structure(spec: TaskSpec, observation_given: bool = False) -> None:
 def _unused_poser(spec: TaskSpec) -> str | None:
     """Why the task's [poser] would never run (None when it would): a poser places images, so it
     runs only for operators whose poses are unknown, or inside a sampler that searches poses."""
-    takes_poses = [op for op in spec.operators if callable(getattr(op, "set_poses", None))]
+    takes_poses = [op for op in spec.operators if isinstance(op, TakesPoses)]
     if not takes_poses:
         names = ", ".join(op.name for op in spec.operators) or "none"
         return (
@@ -450,7 +451,7 @@ def _unused_poser(spec: TaskSpec) -> str | None:
 
 def unknown_poses(spec: TaskSpec) -> list[int]:
     """Indices of the operators whose poses are unknown (`needs_poser()`): a poser or the sampler must estimate them."""
-    return [i for i, op in enumerate(spec.operators) if callable(getattr(op, "needs_poser", None)) and _safe(op.needs_poser)]
+    return [i for i, op in enumerate(spec.operators) if isinstance(op, TakesPoses) and _safe(op.needs_poser)]
 
 
 def searches_poses(sampler: Any) -> bool:
@@ -545,7 +546,8 @@ def validate_files(spec: TaskSpec, geometry_given: bool = False) -> list[tuple[s
     if shape is not None and not problems:
         problems += memory_problems(spec, shape)
     images = any(getattr(op, "observes", "volume") != "volume" for op in spec.operators)
-    if not map_fields(spec) and spec.inputs.box is None and getattr(spec.prior, "box", None) is None and not (images or geometry_given):
+    fixed_box = spec.prior.box if isinstance(spec.prior, FixedBox) else None
+    if not map_fields(spec) and spec.inputs.box is None and fixed_box is None and not (images or geometry_given):
         problems.append(f"{where}[inputs] box: no map gives the box size; set inputs.box")
     if problems:
         raise SpecError(problems)

@@ -36,7 +36,7 @@ import attrs
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .components import PrepareContext
+from .components import FixedBox, FixedVoxelSize, PrepareContext, Tiled
 from .resample import resample_tensor, resample_to_shape, resampled_shape
 from .volume import Volume
 
@@ -333,10 +333,11 @@ def adapt_prior(
     (default overlap // 8) and `batch_size` (boxes per call of the inner velocity) go to
     `TiledPrior`. Call the result's `prepare(ctx)` (map geometry) instead of the prior's.
     """
-    box = getattr(prior, "box", None)
-    overlap = overlap if overlap is not None else getattr(prior, "tile_overlap", None)
-    batch_size = getattr(prior, "tile_batch", None) or batch_size
-    trained = prior_voxel_size if prior_voxel_size is not None else getattr(prior, "voxel_size", None)
+    tiled = isinstance(prior, Tiled)
+    box = prior.box if isinstance(prior, FixedBox) else None
+    overlap = overlap if overlap is not None else (prior.tile_overlap if tiled else None)
+    batch_size = (prior.tile_batch if tiled else None) or batch_size
+    trained = prior_voxel_size if prior_voxel_size is not None else (prior.voxel_size if isinstance(prior, FixedVoxelSize) else None)
     shape = tuple(int(n) for n in shape)
     resample = trained is not None and voxel_size is not None and abs(trained - voxel_size) > rtol * voxel_size
     prior_shape = resampled_shape(shape, voxel_size, trained) if resample else shape

@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 import torch
 
-from cryoinverse.components import GaussianConditional, PrepareContext
+from cryoinverse.components import EstimatesSignal, FourierDiagonal, GaussianConditional, PrepareContext
 from cryoinverse.errors import SpecError
 from cryoinverse.fourier import Shape, box_text, compact_shape, expand_shells, fftn, grid_shape, ifftn, n_shells, shell_average, spectrum_for_box
 from cryoinverse.hookspecs import hookimpl
@@ -116,7 +116,7 @@ class GaussianPrior:
             self._spectrum = self._floored(self._signal_power(radial_power(centred), ctx, shape))
         else:
             # an operator whose observation is not a map (particle images) may estimate the spectrum itself
-            estimators = [op.signal_power for op in ctx.operators if callable(getattr(op, "signal_power", None))]
+            estimators = [op.signal_power for op in ctx.operators if isinstance(op, EstimatesSignal)]
             if not estimators:
                 raise SpecError("[prior] gaussian: give power or power_from (there is no observation to estimate it from)")
             self._spectrum = self._floored(estimators[0](compact_shape(shape)).to(torch.float64))
@@ -126,10 +126,9 @@ class GaussianPrior:
         """Empirical Bayes: for a Fourier-diagonal operator (a, N), E|F y|^2 = a^2 S + N on measured
         coefficients, so S_r = (P_r - <N [a != 0]>_r) / <a^2>_r; otherwise S = P."""
         for op in ctx.operators:
-            diag = getattr(op, "fourier_diagonal", None)
-            if diag is None:
+            if not isinstance(op, FourierDiagonal):
                 continue
-            a, noise = diag(compact_shape(shape))
+            a, noise = op.fourier_diagonal(compact_shape(shape))
             a2 = shell_average(a.square())
             measured_noise = shell_average(torch.where(a != 0, noise, torch.zeros_like(noise)))
             # Shells the operator passes at under 1% of its best (a blur's tail) say almost nothing
