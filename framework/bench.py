@@ -38,17 +38,16 @@ import os
 import resource
 import time
 import tomllib
+from typing import Any
 from pathlib import Path
 
 
 import attrs
-import click
 import numpy as np
 import torch
 
-from .components import NoiseFromHalfMaps
+from .components import NoiseFromHalfMaps, PrepareContext, call_prepare
 from .errors import CryoinverseError, SpecError
-from .hookspecs import hookimpl
 from .levels import DEFAULT_WIDTH, NOISE_SHAPES, noise_power_for_resolution, read_fsc_curve
 from .metrics import compare
 from .mrc import atomic_path, read_volume
@@ -79,6 +78,8 @@ class Degradation:
     fsc_width: float = DEFAULT_WIDTH
     fsc_curve: Path | None = None
     half_maps: bool = False
+    section: str | None = None
+    """Where errors in `table` are reported (default `[degradations.<name>]`)."""
 
     def noise_power(self, clean: Volume) -> torch.Tensor:
         """Per-shell noise power of the degraded (full) map for this clean map."""
@@ -101,22 +102,31 @@ class Degradation:
         if self.target_resolution is not None:
             table.pop("noise_variance", None)
             table["noise_power"] = (noise_factor * self.noise_power(clean)).tolist()
-        op, problems = build_component("operator", table, f"degradations.{self.name}", None, registry)
+        op, problems = build_component("operator", table, self.section or f"degradations.{self.name}", None, registry)
         if problems:
             raise SpecError(problems)
+        call_prepare(op, PrepareContext(shape=clean.shape, voxel_size=clean.voxel_size, device=torch.device("cpu"), observation=None, operators=[op]))
         return op
 
-    def degrade(self, clean: Volume, registry: Registry, generator: torch.Generator):
-        """(degraded map, operator to restore it with, half maps or None)."""
+    def simulate(self, clean: Volume, registry: Registry, generator: torch.Generator) -> tuple[Volume, Any, list[Volume] | None]:
+        """(degraded map, the operator that made it, half maps or None). With `half_maps` the
+        operator has twice the noise, makes each half, and the degraded map is their average."""
         if not self.half_maps:
             op = self.operator(clean, registry)
             return clean.with_data(op.simulate(clean.data, generator)), op, None
         half_op = self.operator(clean, registry, noise_factor=2.0)
         halves = [clean.with_data(half_op.simulate(clean.data, generator)) for _ in range(2)]
-        if not isinstance(half_op, NoiseFromHalfMaps):
-            raise SpecError(f"[degradations.{self.name}] half_maps: operator {half_op.name!r} cannot estimate its noise from half maps")
-        degraded = clean.with_data(0.5 * (halves[0].data + halves[1].data))
-        return degraded, type(half_op).estimate(halves[0], halves[1]), halves
+        return clean.with_data(0.5 * (halves[0].data + halves[1].data)), half_op, halves
+
+    def degrade(self, clean: Volume, registry: Registry, generator: torch.Generator):
+        """(degraded map, operator to restore it with, half maps or None): with half maps, the
+        restoring operator's noise is estimated from them, as with real data."""
+        degraded, op, halves = self.simulate(clean, registry, generator)
+        if halves is None:
+            return degraded, op, None
+        if not isinstance(op, NoiseFromHalfMaps):
+            raise SpecError(f"[{self.section or f'degradations.{self.name}'}] half_maps: operator {op.name!r} cannot estimate its noise from half maps")
+        return degraded, type(op).estimate(halves[0], halves[1]), halves
 
 
 @attrs.frozen
@@ -390,37 +400,8 @@ def plot_curves(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _distributed() -> tuple[int, int]:
+def distributed_rank() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     return int(os.environ.get("RANK", "0")), world
-
-
-@click.command()
-@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--quiet", "-q", is_flag=True, help="no per-run lines")
-def bench(spec_path: Path, quiet: bool) -> None:
-    """Benchmark restoration methods: maps x degradations x methods -> runs.csv, summary table, fsc.png."""
-    spec = load_bench(spec_path)
-    rank, world = _distributed()
-    echo = (lambda s: None) if quiet else (lambda s: click.echo(f"[rank {rank}] {s}" if world > 1 else s, err=True))
-    run_bench(spec, rank, world, echo)
-    if world > 1:
-        torch.distributed.barrier()
-        if rank != 0:
-            return
-        merge_parts(spec.out_dir, world)
-    rows = read_rows(spec.out_dir / "runs.csv")
-    summary = summarize(rows)
-    write_summary(spec.out_dir, summary)
-    plot_curves(spec.out_dir, rows)
-    click.echo(format_table(summary))
-    click.echo(f"wrote {spec.out_dir / 'runs.csv'}, {spec.out_dir / 'summary.csv'}, {spec.out_dir / 'fsc.png'}")
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(bench)
-
-

@@ -193,8 +193,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_spec(path: str | os.PathLike, overrides: list[str] = (), registry: Registry | None = None) -> TaskSpec:
-    """Read, override, structure and validate a TOML task file (files and map headers included)."""
+def load_spec(
+    path: str | os.PathLike, overrides: list[str] = (), registry: Registry | None = None, settings: dict[str, Any] | None = None
+) -> TaskSpec:
+    """Read, override, structure and validate a TOML task file (files and map headers included).
+
+    `overrides` are `--set SECTION.FIELD=VALUE` texts; `settings` are typed top-level values
+    (e.g. {"chunk": 112} from `run --chunk`) that replace the file's, None values left out."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: task file not found")
@@ -205,6 +210,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = (), registry: Regi
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read: {exc}") from None
     apply_overrides(raw, list(overrides))
+    raw.update({k: v for k, v in (settings or {}).items() if v is not None})
     spec = spec_from_dict(raw, source=path, registry=registry)
     validate_files(spec)
     return spec

@@ -1,0 +1,59 @@
+"""What several commands share: the `--set` help, the metrics table and half-map lines they print,
+and two maps read for a comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import click
+
+from ..errors import DataError
+
+
+SET_HELP = "override a spec field, e.g. --set sampler.steps=50 (repeatable)"
+
+
+def echo_half_maps(report: dict) -> None:
+    """The half-map checks of a report, and its warnings (on stderr)."""
+    halves = report.get("half_maps")
+    if halves:
+        click.echo(
+            f"half maps: input FSC-0.143 {halves['input']['resolution_0.143']:.2f} A (AUC {halves['input']['auc']:.3f}); "
+            f"restored separately {halves['restored']['resolution_0.143']:.2f} A (AUC {halves['restored']['auc']:.3f})"
+        )
+    for line in report.get("warnings", []):
+        click.echo(f"Warning: {line}", err=True)
+
+
+def show_default(value) -> str:
+    """A field's default as `describe` prints it (factories called, paths quoted)."""
+    if isinstance(value, attrs.Factory):
+        value = value.factory()
+    return repr(str(value)) if isinstance(value, Path) else repr(value)
+
+
+def matching_maps(map_a: Path, map_b: Path, voxel_size: float | None, what: str, cubic: bool = True):
+    """Two maps read for `what` (a comparison): one shape (cubic where `cubic`, as rotations need) and one voxel size, else a DataError."""
+    from ..mrc import read_volume
+
+    a, b = read_volume(map_a, voxel_size), read_volume(map_b, voxel_size)
+    if b.shape != a.shape:
+        raise DataError(f"{map_b}: shape {b.shape} differs from {map_a} {a.shape}")
+    if cubic and not a.is_cubic:
+        raise DataError(f"{map_a}: shape {a.shape} is not cubic; {what} needs cubic boxes")
+    if abs(a.voxel_size - b.voxel_size) > 1e-3 * a.voxel_size:
+        raise DataError(f"voxel sizes differ: {a.voxel_size:g} A ({map_a}) vs {b.voxel_size:g} A ({map_b}); pass --voxel-size")
+    return a, b
+
+
+def echo_metrics(metrics: dict) -> None:
+    """One table line per compared map: AUC-FSC, FSC-0.5 and 0.143 resolutions, correlation, RMSE, fail flag."""
+    if not metrics:
+        return
+    click.echo(f"{'map':32s} {'AUC-FSC':>8s} {'FSC0.5 A':>9s} {'FSC0.143 A':>10s} {'CC':>7s} {'RMSE':>9s} failed")
+    for name, m in metrics.items():
+        click.echo(
+            f"{name:32s} {m['auc']:8.4f} {m['resolution_0.5']:9.2f} {m['resolution_0.143']:10.2f} "
+            f"{m['correlation']:7.4f} {m['rmse']:9.4g} {'yes' if m['failed'] else 'no'}"
+        )
