@@ -37,3 +37,18 @@ def test_every_hook_is_documented():
     guide = GUIDE.read_text()
     hooks = [h for h in dir(hookspecs) if h.startswith("register_")]
     assert hooks and all(f"`{h}(" in guide for h in hooks)
+
+
+def test_every_capability_type_is_documented_with_its_members():
+    """Each optional capability of `cryoinverse.components` is named in the guide, with every member it checks."""
+    from cryoinverse import components
+
+    guide = GUIDE.read_text()
+    kinds = {c for group in components.CAPABILITIES.values() for c in group}
+    assert len(kinds) >= 20
+    for capability in kinds:
+        assert f"`{capability.__name__}`" in guide, capability.__name__
+        members = {m for m in [*vars(capability), *getattr(capability, "__annotations__", {})] if not m.startswith("_")}
+        assert members, capability.__name__
+        for member in members:
+            assert f"`{member}" in guide, f"{capability.__name__}.{member}"
