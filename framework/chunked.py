@@ -80,7 +80,7 @@ from .fourier import box_text, n_shells, reference_edge
 from .mrc import MappedVolume, mapped_output
 from .outputs import check_outputs, write_json
 from .progress import ProgressFactory, silent
-from .slices import write_planes_png
+from .previews import write_planes_png
 from .spectra import spectrum_on_box
 from .specs import Inputs, TaskSpec, check_structure, map_fields, validate_files
 from .tiling import AxisTiles, axis_tiles

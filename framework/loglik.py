@@ -271,12 +271,12 @@ def divergence_hutchinson(velocity: Velocity, x: torch.Tensor, t: float, probes:
     return v.detach(), div / len(probes)
 
 
-def divergence_exact(velocity: Velocity, x: torch.Tensor, t: float, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def divergence_exact(velocity: Velocity, x: torch.Tensor, t: float, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(v, div) with the exact trace of dv/dx of every map: N vector-Jacobian products per map.
 
-    Each map is replicated `chunk` times in one batch and basis vector i is pulled back through
+    Each map is replicated `batch` times in one batch and basis vector i is pulled back through
     copy i, so this assumes (as every prior's velocity does) that batch elements do not interact.
-    Costs N / chunk velocity evaluations of batch `chunk` per map; tiny maps only.
+    Costs N / batch velocity evaluations of batch `batch` per map; tiny maps only.
     """
     n_voxels = x[0].numel()
     if n_voxels > EXACT_MAX_VOXELS:
@@ -287,8 +287,8 @@ def divergence_exact(velocity: Velocity, x: torch.Tensor, t: float, chunk: int =
     divs, vs = [], []
     for b in range(x.shape[0]):
         total = torch.zeros((), dtype=torch.float64, device=x.device)
-        for i0 in range(0, n_voxels, chunk):
-            c = min(chunk, n_voxels - i0)
+        for i0 in range(0, n_voxels, batch):
+            c = min(batch, n_voxels - i0)
             rows = torch.arange(c, device=x.device)
             with torch.enable_grad():
                 xr = x[b : b + 1].detach().expand(c, *x.shape[1:]).clone().requires_grad_(True)
@@ -369,7 +369,7 @@ def flow_log_density(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 1000,
-    exact_chunk: int = 512,
+    exact_batch: int = 512,
 ) -> LogDensity:
     """log p1(z) of a batch (B, z, y, x) under the flow of `velocity`, in the velocity's units.
 
@@ -384,7 +384,7 @@ def flow_log_density(
         estimator, k = "exact", None
 
         def divergence(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-            return divergence_exact(velocity, x, t, exact_chunk)
+            return divergence_exact(velocity, x, t, exact_batch)
 
     else:
         probes = draw_probes(tuple(z.shape), n_probes, probe, generator, z.dtype).to(z.device)
@@ -441,7 +441,7 @@ def log_density(
     atol: float = 1e-5,
     max_steps: int = 1000,
     dtype: torch.dtype = torch.float64,
-    exact_chunk: int = 512,
+    exact_batch: int = 512,
 ) -> LogDensity:
     """log p(x) of density maps x, (z, y, x) or (B, z, y, x), under a prepared prior (nats, per map).
 
@@ -472,6 +472,6 @@ def log_density(
         rtol=rtol,
         atol=atol,
         max_steps=max_steps,
-        exact_chunk=exact_chunk,
+        exact_batch=exact_batch,
     )
     return attrs.evolve(flow, log_p=flow.log_p_model + log_det, log_det_normalize=log_det)

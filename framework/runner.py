@@ -23,7 +23,7 @@ from .mrc import write_volume
 from .outputs import check_outputs, write_fsc_csv, write_fsc_plot, write_json
 from .poses import Poses
 from .progress import ProgressFactory, silent
-from .slices import write_slices_png
+from .previews import write_slices_png
 from .specs import TaskSpec, check_structure, unknown_poses, validate_files
 
 __all__ = [

@@ -19,7 +19,7 @@ from ..progress import bar, silent
 @click.option("--param", "-p", "params", multiple=True, metavar="FIELD=VALUE", help="poser field (repeatable), e.g. -p level=1")
 @click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), help="STAR file with the known poses of the same rows: print rotation and shift errors")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write the viewing directions as a PNG sky map (Mollweide, equal-area)")
-@click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True, help="images per poser call; a checkpoint OUT.partial.npz is saved after each")
+@click.option("--checkpoint-every", "--chunk", "chunk", type=click.IntRange(min=1), default=1000, show_default=True, help="images per poser call; a checkpoint OUT.partial.npz is saved after each (--chunk: the same)")
 @click.option("--resume", is_flag=True, help="continue from the checkpoint of a stopped run (refused when inputs or settings changed)")
 @click.option(
     "--resample/--no-resample", default=None,

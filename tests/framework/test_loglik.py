@@ -128,7 +128,7 @@ def _mixing_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
 
 def test_exact_divergence_is_the_jacobian_trace():
     x = torch.randn(2, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    v, div = divergence_exact(_mixing_velocity, x, 0.3, chunk=7)  # chunks that split the voxels unevenly
+    v, div = divergence_exact(_mixing_velocity, x, 0.3, batch=7)  # batches that split the voxels unevenly
     assert torch.allclose(v, _mixing_velocity(x, 0.3))
     for b in range(2):
         jac = torch.autograd.functional.jacobian(lambda y: _mixing_velocity(y, 0.3), x[b])
