@@ -22,7 +22,7 @@ Progressive schedule (CryoFastAR section "progressive training"), in fractions o
 Every set of a step has the same number of views; the schedule depends on the step only, so a
 resumed run draws exactly what an uninterrupted one does.
 
-Optimiser: AdamW (betas 0.9, 0.98) with linear warm-up (`priors.training._lr_at`), gradient
+Optimiser: AdamW (betas 0.9, 0.98) with linear warm-up (`cryoinverse.optim.lr_at`), gradient
 clipping, an EMA of the weights (saved as the poser). Checkpoints (`checkpoint.pt`: model, EMA,
 optimiser, generator state, step, config) every `checkpoint_every` steps and at the end, written
 atomically; rerunning with the same `--out` resumes from it, bit-identically on the same device.
@@ -35,11 +35,8 @@ training settings, maps); `load_poser` rebuilds the network from them.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import pickle
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,10 +47,10 @@ import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.optim import optimiser_step
+from cryoinverse.optim import TrainingRun, config_dict, mixed_precision, save_weights
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
-from cryoinverse.priors.training import _lr_at, _options_from, _save_checkpoint, maps_in, train
+from cryoinverse.priors.training import _options_from, maps_in, train
 
 __all__ = ["PoserTrainConfig", "train_poser", "load_poser", "load_poser_maps", "simulate_sets", "stage_at"]
 
@@ -204,29 +201,12 @@ def _median_rotation_error(maps: torch.Tensor, confidence: torch.Tensor, rotatio
     return float(geodesic_distance(found.cpu(), truth).median())
 
 
-def _config_dict(cfg: PoserTrainConfig) -> dict:
-    return attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v)
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> dict:
-    try:  # weights_only: a checkpoint is tensors, numbers and strings; no file may run code here
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DataError(
-            f"{path}: holds more than tensors, numbers and strings, and is not loaded (it could run code); "
-            f"use another --out ({str(exc).splitlines()[0]})"
-        ) from None
-
-
 def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, progress=None, stop_after: int | None = None) -> Path:
     """Train, checkpoint and save the EMA poser; returns the path of `poser.safetensors`.
 
     `stop_after`: checkpoint and return after this many steps, as an interrupted run would (the
     schedule still spans `cfg.steps`; no poser is written); rerun without it to finish.
     """
-    from safetensors.torch import save_file
-
-    from cryoinverse.mrc import atomic_path
     from cryoinverse.runner import resolve_device
 
     device = resolve_device(cfg.device)
@@ -235,70 +215,39 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from the process's RNG state
         torch.manual_seed(cfg.seed)
         model = FastAR(net_config).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = cfg.out / "checkpoint.pt"
-    step = 0
-    if checkpoint.exists():
-        state = _load_checkpoint(checkpoint, device)
-        if state["config"]["arch"] != cfg.arch:
-            raise SpecError(f"{checkpoint}: was trained with arch {state['config']['arch']!r}, not {cfg.arch!r}; use another --out")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        step = state["step"]
-        echo(f"resumed from {checkpoint} at step {step}")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    started, losses, errors = time.perf_counter(), [], []
-    with open(cfg.out / "log.jsonl", "a") as log:
-        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        while step < last:
-            stage = stage_at(step, cfg)
-            images, rotations, shifts, _ = simulate_sets(maps, stage, cfg, generator)
-            target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
-            for group in optimiser.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            with autocast:
-                pred, confidence, pred_shifts = model(images.to(device))
-            loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight)
-            optimiser_step(loss, model, ema, optimiser, step, cfg.grad_clip, cfg.ema_decay)
-            step += 1
-            losses.append(float(loss.detach()))
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                errors = _median_rotation_error(pred.detach().float(), confidence.detach().float(), rotations)
-                shift_error = float((pred_shifts.detach().float().cpu() - shifts).norm(dim=-1).median())
-                entry = {
-                    "step": step, "loss": sum(losses) / len(losses), "rotation_error_deg": errors, "shift_error_px": shift_error, "views": stage.views,
-                    "snr_floor": stage.snr_floor if math.isfinite(stage.snr_floor) else None, "ctf": stage.ctf,
-                    "lr": _lr_at(step - 1, cfg), "elapsed_s": time.perf_counter() - started,
-                }
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                losses = []
-            if progress is not None:
-                progress(1)
-            if step % cfg.checkpoint_every == 0 or step == last:
-                _save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                    "generator": generator.get_state(), "step": step, "config": _config_dict(cfg),
-                })
+    run = TrainingRun.start(cfg, model, {"generator": generator}, device, must_match=("arch",), echo=echo)
+    autocast = mixed_precision(device)
+
+    def step_loss(step: int) -> tuple[torch.Tensor, Callable[[], dict]]:
+        stage = stage_at(step, cfg)
+        images, rotations, shifts, _ = simulate_sets(maps, stage, cfg, generator)
+        target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
+        with autocast:
+            pred, confidence, pred_shifts = model(images.to(device))
+        loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight)
+
+        def fields() -> dict:
+            return {
+                "rotation_error_deg": _median_rotation_error(pred.detach().float(), confidence.detach().float(), rotations),
+                "shift_error_px": float((pred_shifts.detach().float().cpu() - shifts).norm(dim=-1).median()), "views": stage.views,
+                "snr_floor": stage.snr_floor if math.isfinite(stage.snr_floor) else None, "ctf": stage.ctf,
+            }
+
+        return loss, fields
+
+    run.train(step_loss, until=stop_after, progress=progress)
     weights = cfg.out / "poser.safetensors"
-    if step < cfg.steps:
+    if not run.finished:
         return weights
-    settings = _config_dict(cfg)
+    settings = config_dict(cfg)
     for key in ("maps", "out", "device"):
         settings.pop(key)
     meta = {
         "arch": cfg.arch, "config": attrs.asdict(net_config), "voxel_size": cfg.voxel_size,
         "training": {**settings, "snr_max": settings["snr_max"] if math.isfinite(cfg.snr_max) else None}, "maps": summary,
     }
-    with atomic_path(weights) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp))
-    with atomic_path(weights.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+    save_weights(weights, run.ema, meta)
     return weights
 
 

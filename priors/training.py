@@ -14,12 +14,8 @@ wrapped in DistributedDataParallel and each rank draws its own examples; rank 0 
 
 from __future__ import annotations
 
-import copy
-import pickle
-import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +26,9 @@ import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.mrc import atomic_path, read_volume
-from cryoinverse.optim import optimiser_step
+from cryoinverse.mrc import read_volume
+from cryoinverse.optim import TrainingRun, mixed_precision
+from cryoinverse.optim import lr_at as _lr_at  # noqa: F401 (the schedule's name here, which tests import)
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.rotations import random_rotations
 
@@ -162,20 +159,6 @@ def flow_matching_loss(model: Callable, x1: torch.Tensor, generator: torch.Gener
     return (model(x_t, t) - (x1 - x0)).float().square().mean()
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimiser step `step` (0-based): linear warm-up, then the schedule."""
-    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
-    if cfg.schedule == "constant" or step < cfg.warmup:
-        return cfg.lr * warm
-    progress = (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module], save_prior: Callable, echo: Callable[[str], None] = print, progress=None) -> Path:
     """Train, checkpoint and save the EMA prior; returns the path of the saved weights."""
     from cryoinverse.runner import resolve_device
@@ -199,63 +182,23 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
         if meta.architecture.name != cfg.arch:
             raise SpecError(f"--init {cfg.init}: architecture {meta.architecture.name!r}, not {cfg.arch!r}")
         model.load_state_dict(start.state_dict())
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
     device_generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank + 1)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = cfg.out / "checkpoint.pt"
-    step = 0
-    if checkpoint.exists():
-        try:  # weights_only: a checkpoint is tensors, numbers and strings; no file may run code here
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise DataError(
-                f"{checkpoint}: holds more than tensors, numbers and strings, and is not loaded (it could run code); "
-                f"use another --out ({str(exc).splitlines()[0]})"
-            ) from None
-        if state["config"]["arch"] != cfg.arch or state["config"]["box"] != cfg.box:
-            raise SpecError(f"{checkpoint}: was trained with arch {state['config']['arch']!r}, box {state['config']['box']}; use another --out")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        device_generator.set_state(state["device_generator"])
-        step = state["step"]
-        echo(f"resumed from {checkpoint} at step {step}")
-    log = open(cfg.out / "log.jsonl", "a") if rank == 0 else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    started, losses = time.perf_counter(), []
-    try:
-        while step < cfg.steps:
-            picks = torch.randint(0, len(maps), (cfg.batch_size,), generator=generator)
-            x1 = torch.stack([random_crop(maps[int(i)], cfg.box, generator, cfg.rot24) for i in picks])
-            if cfg.scale_jitter > 0:
-                x1 = jitter_scale(x1, cfg.scale_jitter, generator)
-            x1 = x1.to(device)
-            for group in optimiser.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            with autocast:
-                loss = flow_matching_loss(net, x1, device_generator)
-            optimiser_step(loss, model, ema, optimiser, step, cfg.grad_clip, cfg.ema_decay)
-            step += 1
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(1)
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                entry = {"step": step, "loss": sum(losses) / len(losses), "lr": _lr_at(step - 1, cfg), "elapsed_s": time.perf_counter() - started}
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                losses = []
-            if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                _save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                    "generator": generator.get_state(), "device_generator": device_generator.get_state(), "step": step, "config": attrs.asdict(cfg, value_serializer=lambda i, a, v: str(v) if isinstance(v, Path) else v),
-                })
-    finally:
-        if log is not None:
-            log.close()
+    run = TrainingRun.start(cfg, model, {"generator": generator, "device_generator": device_generator}, device,
+                            must_match=("arch", "box"), echo=echo)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = mixed_precision(device)
+
+    def step_loss(step: int) -> tuple[torch.Tensor, Callable[[], dict]]:
+        picks = torch.randint(0, len(maps), (cfg.batch_size,), generator=generator)
+        x1 = torch.stack([random_crop(maps[int(i)], cfg.box, generator, cfg.rot24) for i in picks])
+        if cfg.scale_jitter > 0:
+            x1 = jitter_scale(x1, cfg.scale_jitter, generator)
+        with autocast:
+            loss = flow_matching_loss(net, x1.to(device), device_generator)
+        return loss, lambda: {}  # no fields beyond the loss
+
+    run.train(step_loss, progress=progress, write=rank == 0)
     weights = cfg.out / "prior.safetensors"
     if rank == 0:
         meta = {
@@ -266,7 +209,7 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
                 "scale_jitter": cfg.scale_jitter, "init": cfg.init or None, "maps": summary,
             },
         }
-        save_prior(weights, ema, cfg.arch, meta)
+        save_prior(weights, run.ema, cfg.arch, meta)
     if world > 1:
         torch.distributed.barrier()
     return weights

@@ -26,6 +26,7 @@ is how the approximation of `guidance = "cryofm"` is tested.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar, Literal
 
 import attrs
@@ -33,7 +34,7 @@ import torch
 
 from cryoinverse.components import Likelihood, Prior, Progress, no_progress
 from cryoinverse.errors import SpecError
-from cryoinverse.flow import data_estimate, euler_times, per_sample_rms
+from cryoinverse.flow import data_estimate, euler_integrate, per_sample_rms
 from cryoinverse.fourier import fftn, ifftn
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.spectra import signal_power
@@ -123,12 +124,7 @@ class FlowPosteriorEuler:
             step = self._wiener_step(prior, information)
         else:
             step = self._cryofm_step
-        h = 1.0 / self.steps
-        x = init
-        for t in euler_times(self.steps):
-            x = (x + h * step(prior, likelihood, x, t)).detach()
-            progress(1)
-        return prior.denormalize(x)
+        return prior.denormalize(euler_integrate(init, self.steps, functools.partial(step, prior, likelihood), progress))
 
     def _cryofm_step(self, prior: Prior, likelihood: Likelihood, x: torch.Tensor, t: float) -> torch.Tensor:
         with torch.enable_grad():

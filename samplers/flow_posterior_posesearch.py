@@ -57,7 +57,7 @@ import torch
 
 from cryoinverse.components import Likelihood, PrepareContext, Prior, Progress, no_progress
 from cryoinverse.errors import SpecError
-from cryoinverse.flow import data_estimate, euler_times, per_sample_rms
+from cryoinverse.flow import data_estimate, euler_integrate, euler_times, per_sample_rms
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import non_negative, one_of, param, positive
 from cryoinverse.poses import Poses
@@ -180,11 +180,9 @@ class FlowPosteriorPosesearch:
         pixel = float(op.image_pixel_size)
         ctf = op.filters(n, "cpu", torch.float64)
         images_cpu = images.detach().to("cpu", torch.float64)
-        times = euler_times(self.steps)
-        searches = [i for i in range(self.search_every, self.steps, self.search_every)]
-        limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))
+        searches = euler_times(self.steps)[self.search_every :: self.search_every]
+        limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))  # Å, by the time t of each search
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item()) if generator is not None else 0)
-        h = 1.0 / self.steps
         given = Poses(op.rotations, shifts=op.shifts) if getattr(op, "has_poses", False) else None
         if given is not None:  # poses given (a STAR file): refine from them
             poses = [given for _ in range(init.shape[0])]
@@ -193,38 +191,38 @@ class FlowPosteriorPosesearch:
             poses = [Poses(first.rotations) for _ in range(init.shape[0])]
         else:
             poses = [Poses(random_rotations(total, cpu_gen)) for _ in range(init.shape[0])]
-        x = init
         if self.guidance == "wiener":
             try:
-                return self._run_wiener(prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress)
+                return self._run_wiener(prior, op, images, init, poses, limits, images_cpu, pixel, ctf, cpu_gen, progress)
             finally:  # the operator keeps what it was given; the estimates are in `poses`
                 op.set_poses(None if given is None else given.rotations, None if given is None else given.shifts)
-        for i, t in enumerate(times):
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
                 v = prior.velocity(x, t)
                 x1 = prior.denormalize(data_estimate(x, v, t))
                 loss = x1.new_zeros(())
                 for b in range(x.shape[0]):  # each sample has its own poses
-                    if i in limits:
-                        poses[b] = self._search(self._poser, images_cpu, x1.detach()[b].to("cpu", torch.float64), pixel, ctf, limits[i])
+                    if t in limits:
+                        poses[b] = self._search(self._poser, images_cpu, x1.detach()[b].to("cpu", torch.float64), pixel, ctf, limits[t])
                     op.set_poses(poses[b].rotations, poses[b].shifts)
                     indices = self._subset(total, cpu_gen)
                     loss = loss + self._loss(op, x1[b], images.to(x1.device), None if indices is None else indices.to(x1.device), total)
                 (g,) = torch.autograd.grad(loss, x)
             g = g / per_sample_rms(g).clamp(min=1e-30)
-            x = (x + h * (v.detach() - self.weight(t) * g)).detach()
-            progress(1)
+            return v.detach() - self.weight(t) * g
+
+        x = euler_integrate(init, self.steps, velocity, progress)
         self._poses = poses
         op.set_poses(None if given is None else given.rotations, None if given is None else given.shifts)
         return prior.denormalize(x)
 
-    def _run_wiener(self, prior, op, images, init, poses, times, limits, images_cpu, pixel, ctf, cpu_gen, progress):
+    def _run_wiener(self, prior, op, images, init, poses, limits, images_cpu, pixel, ctf, cpu_gen, progress):
         """Steps along (E[x1 | x_t, y] - x_t) / (1 - t); poses are searched against the last E[x1 | x_t, y]."""
-        from cryoinverse.fourier import expand_shells, fftn, ifftn
+        from cryoinverse.fourier import expand_shells, fftn
 
         total, n = images.shape[0], images.shape[-1]
-        h = 1.0 / self.steps
         noise = float(getattr(op, "noise_variance", 1.0))
         probe = torch.tensor([0.0, 1.0], dtype=torch.float64, device=init.device).reshape(2, 1, 1, 1)
         b0, b1 = (float(v) for v in prior.denormalize(probe).reshape(-1))
@@ -238,8 +236,8 @@ class FlowPosteriorPosesearch:
         f_centre = fftn(centre)
         diagonal: list = [None] * init.shape[0]
         latest: list = [None] * init.shape[0]  # the last posterior mean of each sample
-        x = init
-        for i, t in enumerate(times):
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             with torch.no_grad():
                 v = prior.velocity(x, t)
                 x1_hat = data_estimate(x, v, t)
@@ -251,11 +249,11 @@ class FlowPosteriorPosesearch:
                 x1 = prior.denormalize(x1_hat).to(torch.float64)
             steps = []
             for b in range(x.shape[0]):
-                if i in limits:
+                if t in limits:
                     # the posterior mean, not x1_hat: early in the flow x1_hat is mostly the prior's guess,
                     # while the posterior mean is the reconstruction the current poses give
                     reference = latest[b] if latest[b] is not None else x1[b]
-                    poses[b] = self._search(self._poser, images_cpu, reference.to("cpu"), pixel, ctf, limits[i])
+                    poses[b] = self._search(self._poser, images_cpu, reference.to("cpu"), pixel, ctf, limits[t])
                     diagonal[b] = None
                 op.set_poses(poses[b].rotations, poses[b].shifts)
                 if diagonal[b] is None:  # Fourier diagonal of A^T A: A^T A applied to a centred delta
@@ -268,8 +266,9 @@ class FlowPosteriorPosesearch:
                 steps.append(self._solve(op, indices, scale, back, floor / vb, diagonal[b]))
                 latest[b] = x1[b] + steps[-1]
             delta = torch.stack(steps) / k
-            x = (x + h * (v + (delta / (1.0 - t)).to(x.dtype))).detach()
-            progress(1)
+            return v + (delta / (1.0 - t)).to(x.dtype)
+
+        x = euler_integrate(init, self.steps, velocity, progress)
         self._poses = poses
         return prior.denormalize(x)
 

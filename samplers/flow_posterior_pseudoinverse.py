@@ -13,30 +13,23 @@ from typing import ClassVar
 import attrs
 import torch
 
-from cryoinverse.components import Likelihood, Prior, Progress, no_progress
+from cryoinverse.components import Likelihood, Prior
 from cryoinverse.errors import SpecError
-from cryoinverse.flow import data_estimate, euler_times
+from cryoinverse.flow import EulerSampler, Velocity, data_estimate
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import param, positive
 
 
 @attrs.define
-class FlowPosteriorPseudoinverse:
+class FlowPosteriorPseudoinverse(EulerSampler):
     """Euler flow sampling with the data estimate made consistent with the observation (in-painting)."""
 
     name: ClassVar[str] = "flow-posterior-pseudoinverse"
 
     steps: int = param(200, help="number of Euler steps from t = 0 to t = 1", validator=positive)
 
-    def run(
-        self,
-        prior: Prior,
-        likelihood: Likelihood | None,
-        init: torch.Tensor,
-        generator: torch.Generator | None = None,
-        progress: Progress = no_progress,
-    ) -> torch.Tensor:
-        """Integrate the data-consistent flow from the noise `init`; returns density units."""
+    def velocity_field(self, prior: Prior, likelihood: Likelihood | None) -> Velocity:
+        """v_post = (x1' - x_t) / (1 - t), x1' the data estimate made consistent with every observation; no gradients."""
         if likelihood is None:
             raise SpecError("[sampler] flow-posterior-pseudoinverse needs an observation and an operator")
         missing = [obs.operator.name for obs in likelihood.observations if not hasattr(obs.operator, "pseudo_inverse")]
@@ -45,17 +38,15 @@ class FlowPosteriorPseudoinverse:
                 f"[sampler] flow-posterior-pseudoinverse needs operators with pseudo_inverse; {', '.join(missing)} has none "
                 "(use flow-posterior-euler)"
             )
-        h = 1.0 / self.steps
-        x = init
-        with torch.no_grad():
-            for t in euler_times(self.steps):
-                x1_hat = prior.denormalize(data_estimate(x, prior.velocity(x, t), t))
-                for obs in likelihood.observations:
-                    x1_hat = obs.operator.pseudo_inverse(x1_hat, obs.data)
-                v_post = (prior.normalize(x1_hat) - x) / (1.0 - t)
-                x = x + h * v_post
-                progress(1)
-        return prior.denormalize(x)
+
+        @torch.no_grad()
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            x1_hat = prior.denormalize(data_estimate(x, prior.velocity(x, t), t))
+            for obs in likelihood.observations:
+                x1_hat = obs.operator.pseudo_inverse(x1_hat, obs.data)
+            return (prior.normalize(x1_hat) - x) / (1.0 - t)
+
+        return velocity
 
 
 @hookimpl
