@@ -31,8 +31,6 @@ DEFAULT_PLUGINS = (
     "cryoinverse.posers.fastar",
     "cryoinverse.commands",
     "cryoinverse.priors.cryofm",
-    "cryoinverse.priors.training",
-    "cryoinverse.posers.fastar_train",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -41,16 +41,14 @@ from pathlib import Path
 from typing import Callable
 
 import attrs
-import click
 import torch
 import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
-from cryoinverse.hookspecs import hookimpl
 from cryoinverse.optim import TrainingRun, config_dict, mixed_precision, save_weights
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
-from cryoinverse.priors.training import _options_from, maps_in, train
+from cryoinverse.priors.training import maps_in
 
 __all__ = ["PoserTrainConfig", "train_poser", "load_poser", "load_poser_maps", "simulate_sets", "stage_at"]
 
@@ -207,7 +205,7 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
     `stop_after`: checkpoint and return after this many steps, as an interrupted run would (the
     schedule still spans `cfg.steps`; no poser is written); rerun without it to finish.
     """
-    from cryoinverse.runner import resolve_device
+    from cryoinverse.devices import resolve_device
 
     device = resolve_device(cfg.device)
     net_config = CONFIGS[cfg.arch]
@@ -279,21 +277,3 @@ def load_poser(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fa
     except RuntimeError as exc:
         raise DataError(f"{weights}: the weights do not fit the network in {meta_path.name} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), meta
-
-
-@click.command("poser")
-@_options_from(PoserTrainConfig)
-def train_poser_command(**options) -> None:
-    """Train a FastAR poser on projections of a folder of maps; writes poser.safetensors + poser.json."""
-    from cryoinverse.progress import bar
-
-    cfg = PoserTrainConfig(**options)
-    with bar(cfg.steps, "train poser") as update:
-        weights = train_poser(cfg, echo=lambda s: click.echo(s, err=True), progress=update)
-    click.echo(f"wrote {weights} and {weights.with_suffix('.json')}")
-
-
-@hookimpl
-def register_commands(cli):
-    """Adds `poser` to the `train` group (which `cryoinverse.priors.training` adds to the CLI)."""
-    train.add_command(train_poser_command)

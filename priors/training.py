@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 import attrs
-import click
 import torch
 import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
-from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.optim import TrainingRun, mixed_precision
 from cryoinverse.optim import lr_at as _lr_at  # noqa: F401 (the schedule's name here, which tests import)
@@ -161,7 +159,7 @@ def flow_matching_loss(model: Callable, x1: torch.Tensor, generator: torch.Gener
 
 def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module], save_prior: Callable, echo: Callable[[str], None] = print, progress=None) -> Path:
     """Train, checkpoint and save the EMA prior; returns the path of the saved weights."""
-    from cryoinverse.runner import resolve_device
+    from cryoinverse.devices import resolve_device
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(cfg.device)
@@ -213,50 +211,3 @@ def train_prior(cfg: TrainConfig, build_model: Callable[[str], torch.nn.Module],
     if world > 1:
         torch.distributed.barrier()
     return weights
-
-
-def _options_from(cls):
-    """click options from the attrs fields of `cls` (name, type, default, help); a boolean that defaults
-    to true becomes a --name/--no-name switch, one that defaults to false a flag."""
-
-    def decorate(fn):
-        for f in reversed(attrs.fields(cls)):
-            name = "--" + f.name.replace("_", "-")
-            help_text = f.metadata.get("help", "")
-            if f.type in (bool, "bool") and f.default:
-                switch = f"{name}/--no-{f.name.replace('_', '-')}"
-                fn = click.option(switch, f.name, default=True, show_default=True, help=help_text)(fn)
-            elif f.type in (bool, "bool"):
-                fn = click.option(name, f.name, is_flag=True, default=f.default, help=help_text)(fn)
-            elif f.default is attrs.NOTHING:
-                fn = click.option(name, f.name, required=True, type=click.Path(path_type=Path), help=help_text)(fn)
-            else:
-                kind = {int: int, float: float, str: str}.get(type(f.default), str)
-                fn = click.option(name, f.name, type=kind, default=f.default, show_default=True, help=help_text)(fn)
-        return fn
-
-    return decorate
-
-
-@click.group()
-def train() -> None:
-    """Train learned components (priors)."""
-
-
-@train.command("prior")
-@_options_from(TrainConfig)
-def train_prior_command(**options) -> None:
-    """Train a flow-matching prior on a folder of maps; writes prior.safetensors + prior.json."""
-    from cryoinverse.priors.cryofm import save_prior
-    from cryoinverse.priors.hdit import build_model
-    from cryoinverse.progress import bar
-
-    cfg = TrainConfig(**options)
-    with bar(cfg.steps, "train") as update:
-        weights = train_prior(cfg, build_model, save_prior, echo=lambda s: click.echo(s, err=True), progress=update)
-    click.echo(f"wrote {weights} and {weights.with_suffix('.json')}")
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(train)

@@ -10,7 +10,7 @@ one of the built-in plugins (`cryoinverse.plugins.DEFAULT_PLUGINS`).
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
-from . import align, bench, degrade, demo, describe, fsc, list_, loglik, plugins, poses, run, simulate, validate
+from . import align, bench, degrade, demo, describe, fsc, list_, loglik, plugins, poses, run, simulate, train, validate
 
 __all__ = ["CORE", "register_commands"]
 
@@ -20,6 +20,6 @@ CORE = tuple(m.command for m in (run, validate, list_, describe, plugins, fsc, d
 
 @hookimpl
 def register_commands(cli):
-    """Add `simulate`, `bench` and `loglik`."""
-    for module in (simulate, bench, loglik):
+    """Add `simulate`, `bench`, `loglik` and `train`."""
+    for module in (simulate, bench, loglik, train):
         cli.add_command(module.command)
