@@ -32,13 +32,13 @@ from typing import ClassVar, Literal
 import attrs
 import torch
 
-from cryoinverse.components import Likelihood, Prior, Progress, no_progress
+from cryoinverse.components import ClosedFormConditional, Likelihood, Prior, Progress, no_progress
 from cryoinverse.errors import SpecError
 from cryoinverse.flow import data_estimate, euler_integrate, per_sample_rms
 from cryoinverse.fourier import fftn, ifftn
 from cryoinverse.hookspecs import hookimpl
-from cryoinverse.spectra import signal_power
 from cryoinverse.params import non_negative, one_of, param, positive
+from cryoinverse.spectra import signal_power
 
 
 AUTO_STEPS = {"wiener": 10, "exact": 100, "cryofm": 200}
@@ -138,7 +138,7 @@ class FlowPosteriorEuler:
         return v.detach() - self.weight(t) * g
 
     def _exact_step(self, prior: Prior, information: tuple[torch.Tensor, torch.Tensor] | None):
-        conditional = getattr(prior, "conditional", None)
+        conditional = prior.conditional if isinstance(prior, ClosedFormConditional) else None
         if conditional is None or information is None:
             raise SpecError(
                 "[sampler] guidance = 'exact' needs a prior with a closed-form conditional (gaussian) "
@@ -168,7 +168,7 @@ class FlowPosteriorEuler:
         b0, b1 = (float(v) for v in prior.denormalize(probe).reshape(-1))
         k = b1 - b0
         signal = signal_power(info, stat) / k**2  # per coefficient, prior units
-        conditional = getattr(prior, "conditional", None)
+        conditional = prior.conditional if isinstance(prior, ClosedFormConditional) else None
 
         def step(prior: Prior, likelihood: Likelihood, x: torch.Tensor, t: float) -> torch.Tensor:
             with torch.no_grad():

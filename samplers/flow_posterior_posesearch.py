@@ -55,15 +55,23 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from cryoinverse.components import Likelihood, PrepareContext, Prior, Progress, no_progress
+from cryoinverse.components import (
+    ClosedFormConditional,
+    Likelihood,
+    MapFreePoser,
+    PrepareContext,
+    Prior,
+    Progress,
+    StagedPoser,
+    TakesPoses,
+    no_progress,
+)
 from cryoinverse.errors import SpecError
 from cryoinverse.flow import data_estimate, euler_integrate, euler_times, per_sample_rms
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.params import non_negative, one_of, param, positive
 from cryoinverse.poses import Poses
 from cryoinverse.rotations import random_rotations
-
-NEEDED = ("filters", "set_poses", "forward", "image_pixel_size")
 
 
 @attrs.define
@@ -123,9 +131,11 @@ class FlowPosteriorPosesearch:
         if likelihood is None or len(likelihood.observations) != 1:
             raise SpecError("[sampler] flow-posterior-posesearch needs exactly one observation: a stack of particle images")
         obs = likelihood.observations[0]
-        missing = [a for a in NEEDED if not hasattr(obs.operator, a)]
-        if missing:
-            raise SpecError(f"[sampler] flow-posterior-posesearch needs a projection operator (with {', '.join(NEEDED)}); {obs.operator.name} lacks {', '.join(missing)}")
+        if not isinstance(obs.operator, TakesPoses):
+            raise SpecError(
+                f"[sampler] flow-posterior-posesearch needs an operator that takes poses (cryoinverse.components.TakesPoses, as projection); "
+                f"{obs.operator.name} is not one"
+            )
         return obs.operator, obs.data
 
     def _search(self, poser, images, volume, pixel, ctf, resolution):
@@ -139,7 +149,7 @@ class FlowPosteriorPosesearch:
             if "start_resolution" in fields:
                 own = poser.start_resolution
                 changes["start_resolution"] = max(resolution, own) if own is not None else None
-                if own is None and hasattr(poser, "resolutions"):
+                if own is None and isinstance(poser, StagedPoser):
                     auto = attrs.evolve(poser, final_resolution=resolution).resolutions(volume.shape[-1], pixel)[0]
                     changes["start_resolution"] = max(auto, resolution)
             poser = attrs.evolve(poser, **changes)
@@ -183,10 +193,10 @@ class FlowPosteriorPosesearch:
         searches = euler_times(self.steps)[self.search_every :: self.search_every]
         limits = dict(zip(searches, self.resolutions(max(1, len(searches)), pixel)))  # Å, by the time t of each search
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item()) if generator is not None else 0)
-        given = Poses(op.rotations, shifts=op.shifts) if getattr(op, "has_poses", False) else None
+        given = Poses(op.rotations, shifts=op.shifts) if op.has_poses else None
         if given is not None:  # poses given (a STAR file): refine from them
             poses = [given for _ in range(init.shape[0])]
-        elif hasattr(self._poser, "relative_poses"):  # a map-free poser: its poses up to a global rotation
+        elif isinstance(self._poser, MapFreePoser):  # its poses up to a global rotation
             first = self._poser.relative_poses(images_cpu, pixel)
             poses = [Poses(first.rotations) for _ in range(init.shape[0])]
         else:
@@ -227,7 +237,7 @@ class FlowPosteriorPosesearch:
         probe = torch.tensor([0.0, 1.0], dtype=torch.float64, device=init.device).reshape(2, 1, 1, 1)
         b0, b1 = (float(v) for v in prior.denormalize(probe).reshape(-1))
         k = b1 - b0
-        conditional = getattr(prior, "conditional", None)
+        conditional = prior.conditional if isinstance(prior, ClosedFormConditional) else None
         signal = None
         if conditional is None:
             signal = expand_shells(op.signal_power(n).to(init.device), n) / k**2

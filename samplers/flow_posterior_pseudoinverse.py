@@ -13,7 +13,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from cryoinverse.components import Likelihood, Prior
+from cryoinverse.components import Likelihood, Prior, PseudoInverse
 from cryoinverse.errors import SpecError
 from cryoinverse.flow import EulerSampler, Velocity, data_estimate
 from cryoinverse.hookspecs import hookimpl
@@ -32,7 +32,7 @@ class FlowPosteriorPseudoinverse(EulerSampler):
         """v_post = (x1' - x_t) / (1 - t), x1' the data estimate made consistent with every observation; no gradients."""
         if likelihood is None:
             raise SpecError("[sampler] flow-posterior-pseudoinverse needs an observation and an operator")
-        missing = [obs.operator.name for obs in likelihood.observations if not hasattr(obs.operator, "pseudo_inverse")]
+        missing = [obs.operator.name for obs in likelihood.observations if not isinstance(obs.operator, PseudoInverse)]
         if missing:
             raise SpecError(
                 f"[sampler] flow-posterior-pseudoinverse needs operators with pseudo_inverse; {', '.join(missing)} has none "
