@@ -133,8 +133,8 @@ class FlowPosteriorPosesearch:
         obs = likelihood.observations[0]
         if not isinstance(obs.operator, TakesPoses):
             raise SpecError(
-                f"[sampler] flow-posterior-posesearch needs an operator that takes poses (cryoinverse.components.TakesPoses, as projection); "
-                f"{obs.operator.name} is not one"
+                f"[sampler] flow-posterior-posesearch needs a projection operator: one that takes poses "
+                f"(cryoinverse.components.TakesPoses); {obs.operator.name} is not one"
             )
         return obs.operator, obs.data
 
