@@ -106,7 +106,7 @@ class Poser(Protocol):
 # What a component can do beyond its kind's protocol is a type: the runner, samplers and the
 # conformance kit test `isinstance(component, Capability)`, so a capability is either all there
 # or not there, and docs/plugins.md lists each by the name below. A misspelt member makes the
-# check fail loudly in the conformance kit (`cryoinverse.testing.capabilities`), not silently.
+# check fail loudly in the conformance kit (`cryoinverse.testing.check_capabilities`), not silently.
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ import attrs
 import torch
 
 from . import components
-from .components import GaussianConditional, Likelihood, Observation, PrepareContext
+from .components import GaussianConditional, Likelihood, Observation, PrepareContext, call_prepare
 from .fourier import compact_shape, fftn, nyquist, shell_average
 from .rotations import geodesic_distance, random_rotations
 
@@ -94,12 +94,6 @@ def _context(component: Any, n: int, observation: torch.Tensor | None = None, op
     voxel_size = (component.voxel_size if isinstance(component, components.FixedVoxelSize) else None) or 1.5
     vol = None if observation is None else Volume(observation, voxel_size)
     return PrepareContext((n, n, n), voxel_size, torch.device("cpu"), vol, operators or [])
-
-
-def _prepare(component: Any, ctx: PrepareContext) -> None:
-    prepare = getattr(component, "prepare", None)
-    if prepare is not None:
-        prepare(ctx)
 
 
 def _kind(component: Any) -> str:
@@ -277,7 +271,7 @@ def check_capabilities(component: Any) -> None:
 
 
 def _op_setup(op: Any, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    _prepare(op, _context(op, n, operators=[op]))
+    call_prepare(op, _context(op, n, operators=[op]))
     x = sample_density(n, batch=2, seed=1)
     return x, op.forward(x)
 
@@ -368,7 +362,7 @@ def check_non_cubic_maps(op: Any) -> None:
     """An operator that observes maps works on non-cubic boxes (z, y, x), as tomogram crops are: forward,
     simulate and log_likelihood keep the shape, and fourier_diagonal((z, y, x)) agrees with forward."""
     assert _observes_maps(op), f"observes {op.observes}, not maps: the maps it sees are cubic"
-    _prepare(op, PrepareContext(NON_CUBIC, getattr(op, "voxel_size", None) or 1.5, torch.device("cpu"), None, [op]))
+    call_prepare(op, PrepareContext(NON_CUBIC, getattr(op, "voxel_size", None) or 1.5, torch.device("cpu"), None, [op]))
     nz, ny, nx = NON_CUBIC
     x = sample_density(max(NON_CUBIC), batch=2, seed=1)[:, :nz, :ny, :nx].contiguous()
     ax = op.forward(x)
@@ -447,7 +441,7 @@ def _prior_box(prior: Any) -> int:
 def _prior_setup(prior: Any) -> torch.Tensor:
     n = _prior_box(prior)
     clean = sample_density(n, batch=1, seed=5)
-    _prepare(prior, _context(prior, n, observation=clean[0]))
+    call_prepare(prior, _context(prior, n, observation=clean[0]))
     return clean
 
 

@@ -135,8 +135,11 @@ class FastARPoser:
         spread = geodesic_distance(candidates[:, None].expand(k, k, 3, 3).reshape(-1, 3, 3), candidates[None].expand(k, k, 3, 3).reshape(-1, 3, 3)).reshape(k, k)
         best = int(spread.sum(dim=1).argmin())
         r0 = candidates[best]
-        disagreement = float(spread[best].median())
-        if k > 1 and disagreement > self.agreement and self.fallback:
+        if k == 1:  # one image: its global search is its pose, and there is nothing to check the network against
+            return anchors
+        # the chosen candidate's distance to itself (0) is no evidence: with 2 anchors it would be the median
+        disagreement = float(spread[best][torch.arange(k) != best].median())
+        if disagreement > self.agreement and self.fallback:
             warnings.warn(
                 f"[poser] fastar: the network's poses disagree with {k} global searches (median {disagreement:.0f} degrees > agreement {self.agreement:g}); "
                 "searching every image globally instead",

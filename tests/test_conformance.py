@@ -55,10 +55,6 @@ EXPECTED_FAILURES = {
             "the shipped network is a placeholder at chance (median error ~125 degrees, posers/data/README.md); "
             "estimate falls back to search"
         ),
-        "check_stack_statistics": (
-            "a part of 2 images has 2 anchors, whose median disagreement (the lower of two) is 0, so the shipped network "
-            "(at chance) is trusted there and its poses differ from the whole stack's"
-        ),
     },
 }
 

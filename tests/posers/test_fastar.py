@@ -13,7 +13,7 @@ from cryoinverse.poses import Poses, pose_metrics
 from cryoinverse.projection import project_fourier
 from cryoinverse.rotations import random_rotations
 from cryoinverse.so3_grid import axis_angle_to_matrix
-from cryoinverse.testing import check_poser, sample_density
+from cryoinverse.testing import sample_density
 
 N, PIXEL, COUNT = 24, 2.0, 20
 
@@ -86,7 +86,3 @@ def test_without_weights_or_a_shipped_network_it_says_what_to_do(problem, monkey
     monkeypatch.setattr(fastar, "DEFAULT_WEIGHTS", tmp_path / "missing.safetensors")
     with pytest.raises(SpecError, match="train one with `cryoinverse train poser`"):
         FastARPoser().estimate(images, volume, PIXEL)
-
-
-def test_fastar_conforms():
-    check_poser(FastARPoser())
