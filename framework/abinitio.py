@@ -1,0 +1,215 @@
+"""A map from particle images alone: projection matching from random poses, the frequency limit rising.
+
+Start: every image gets a random rotation, and their reconstruction (`cryoinverse.reconstruct`),
+a blob, is the first map. Then each iteration
+1. works on images Fourier-cropped to a box whose Nyquist frequency is about twice the current
+   frequency limit (small boxes while the limit is low: most of the time goes there),
+2. finds every image's pose against the current map (`search`: a global Hopf grid, local
+   refinement, shifts), its frequency limit the iteration's resolution,
+3. reconstructs the map from those poses with their CTFs (Wiener term from the two half sets),
+   low-passes it at the iteration's resolution and masks it with a soft sphere,
+and the resolution falls geometrically from `start_resolution` to `resolution` over `iterations`.
+Early iterations see a random subset of the images (`batch` images), so one unlucky start does
+not fix every image's pose at once; `starts` independent starts run the first `trial_iterations`
+each and the one whose images agree best with its map (the median search score) goes on. The
+last iteration uses every image, and the map is reconstructed at the images' own box.
+
+Projections cannot tell a map from its mirror image: the result has either hand (and any
+orientation). Compare it with a known map after alignment over both hands (`cryoinverse align
+--allow-mirror`, `hand_aware_pose_errors`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import attrs
+import torch
+
+from .ctf import CTFParams, ctf_grid
+from .fourier import fftn, ifftn, shell_index
+from .params import param, positive
+from .particles import resample_images
+from .poses import Poses, rotation_errors
+from .progress import ProgressFactory, silent
+from .reconstruct import reconstruct
+from .rotations import random_rotations
+
+__all__ = ["AbInitio", "AbInitioResult", "run_abinitio", "hand_aware_pose_errors", "MIRROR"]
+
+MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+"""J: images of a map V at poses R are those of its mirror V(J r) at poses J R J (a projection sums over z)."""
+
+MIN_BOX = 24  # pixels: the working box never goes below this (a coarse Hopf grid needs some detail)
+
+
+@attrs.frozen
+class AbInitio:
+    """Settings of an ab initio reconstruction (all resolutions in Å)."""
+
+    resolution: float = param(15.0, help="frequency limit of the last iteration, Å", validator=positive)
+    start_resolution: float = param(35.0, help="frequency limit of the first iteration, Å", validator=positive)
+    iterations: int = param(12, help="iterations from start_resolution to resolution", validator=positive)
+    starts: int = param(3, help="independent random starts; the best after trial_iterations goes on", validator=positive)
+    trial_iterations: int = param(4, help="iterations each start runs before the best is kept", validator=positive)
+    batch: int = param(400, help="images per iteration before the last ones (a random subset each time; all when fewer)", validator=positive)
+    level: int = param(1, help="Hopf grid level of each iteration's global search (1: 576 rotations, 30 degrees)", validator=positive)
+    refinements: int = param(3, help="local refinement rounds of each search (each halves the angular step)", validator=positive)
+    shift_range: float = param(8.0, help="largest in-plane shift searched, Å", validator=positive)
+    mask_radius: float = param(0.45, help="radius of the soft spherical mask, as a fraction of the box", validator=positive)
+    seed: int = param(0, help="random seed of the starts and the image subsets")
+
+    def schedule(self) -> list[float]:
+        """The frequency limit of each iteration, Å: geometric from start_resolution to resolution."""
+        start = max(self.start_resolution, self.resolution)
+        if self.iterations == 1:
+            return [self.resolution]
+        ratio = (self.resolution / start) ** (1.0 / (self.iterations - 1))
+        return [start * ratio**i for i in range(self.iterations)]
+
+
+@attrs.frozen
+class AbInitioResult:
+    """The map (n, n, n) float32 at the images' pixel size, every image's pose, and the history of the iterations."""
+
+    volume: torch.Tensor
+    poses: Poses
+    history: list[dict]
+    start: int
+
+
+def working_pixel(pixel_size: float, n: int, resolution: float) -> tuple[float, int]:
+    """(pixel size, box) for work at `resolution` Å: Nyquist at resolution / 2, box at least MIN_BOX, never finer than the images."""
+    extent = n * pixel_size
+    box = max(MIN_BOX, math.ceil(extent / (resolution / 4.0)))
+    box = min(n, box + (box % 2))
+    return extent / box, box
+
+
+def _lowpass_and_mask(volume: torch.Tensor, pixel_size: float, resolution: float, radius: float) -> torch.Tensor:
+    """`volume` low-passed at `resolution` Å (cosine edge one shell wide) and multiplied by a soft sphere."""
+    n = volume.shape[-1]
+    r = shell_index(n, volume.device).to(torch.float64)
+    cut = n * pixel_size / resolution
+    edge = torch.clamp((r - cut) + 0.5, 0.0, 1.0)
+    weight = 0.5 * (1 + torch.cos(math.pi * edge))
+    smooth = ifftn(fftn(volume.to(torch.float64)) * weight).real
+    c = torch.arange(n, dtype=torch.float64) - n // 2
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    distance = torch.sqrt(x * x + y * y + z * z) / n
+    soft = torch.clamp((radius - distance) / 0.05, 0.0, 1.0)
+    return smooth * (0.5 - 0.5 * torch.cos(math.pi * soft))
+
+
+def run_abinitio(
+    images: torch.Tensor,
+    pixel_size: float,
+    ctf: CTFParams | None = None,
+    settings: AbInitio = AbInitio(),
+    progress: ProgressFactory = silent,
+    echo: Callable[[str], None] = lambda line: None,
+    state: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> AbInitioResult:
+    """A map and poses from `images` (N, n, n) at `pixel_size` Å with their CTFs (N or 1), from random poses.
+
+    `state` (a dict `checkpoint` was given) continues a stopped run: the iterations in it are not
+    run again, and the rest run as they would have (each iteration's randomness comes from the
+    seed and its number alone). `checkpoint(state)` is called after every iteration.
+    """
+    from .posers.search import Search
+
+    count, n = images.shape[0], images.shape[-1]
+    if count < 4:
+        raise ValueError(f"ab initio needs at least 4 images; got {count}")
+    schedule = settings.schedule()
+    trials = min(settings.trial_iterations, len(schedule))
+    state = dict(state or {})
+    history: list[dict] = list(state.get("history", []))
+    maps: dict[int, torch.Tensor] = {int(k): v for k, v in state.get("maps", {}).items()}
+    poses: dict[int, Poses] = dict(state.get("poses", {}))
+    done = len(history)
+    cache: dict[tuple[float, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def working(resolution: float) -> tuple[float, int, torch.Tensor, torch.Tensor | None]:
+        pixel, box = working_pixel(pixel_size, n, resolution)
+        key = (round(pixel, 6), box)
+        if key not in cache:
+            cache.clear()
+            small = resample_images(images.to(torch.float64), pixel_size, pixel, box).to(torch.float32)
+            filters = None if ctf is None else ctf_grid(ctf, box, pixel).expand(count, box, box).to(torch.float32)
+            cache[key] = (small, filters)
+        return (pixel, box, *cache[key])
+
+    def subset(iteration: int, start: int, final: bool) -> torch.Tensor:
+        if final or settings.batch >= count:
+            return torch.arange(count)
+        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + iteration * 101 + start)
+        return torch.randperm(count, generator=g)[: settings.batch].sort().values
+
+    def iterate(iteration: int, start: int, volume: torch.Tensor) -> tuple[torch.Tensor, Poses, float]:
+        resolution = schedule[iteration]
+        final = iteration == len(schedule) - 1
+        pixel, box, small, filters = working(resolution)
+        take = subset(iteration, start, final)
+        search = Search(level=settings.level, refinements=settings.refinements, shift_range=settings.shift_range,
+                        start_resolution=max(resolution, 2.5 * pixel), final_resolution=max(resolution, 2 * pixel))
+        found = search.estimate(small[take], volume.to(torch.float32), pixel, None if filters is None else filters[take])
+        sub_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf[take])
+        result = reconstruct(small[take], found.rotations, pixel, found.shifts, sub_ctf, seed=settings.seed + iteration)
+        new = _lowpass_and_mask(result.volume, pixel, resolution, settings.mask_radius)
+        return new, found, float(found.scores.median())
+
+    def initial(start: int) -> torch.Tensor:
+        pixel, box, small, _ = working(schedule[0])
+        g = torch.Generator().manual_seed(settings.seed * 7919 + start)
+        rotations = random_rotations(count, g)
+        result = reconstruct(small, rotations, pixel, None, ctf, seed=settings.seed)
+        return _lowpass_and_mask(result.volume, pixel, schedule[0], settings.mask_radius)
+
+    def resize(volume: torch.Tensor, resolution: float) -> torch.Tensor:
+        """The map on the working grid of `resolution` (Fourier crop or pad)."""
+        from .resample import resample_tensor
+
+        _, box = working_pixel(pixel_size, n, resolution)
+        return volume if volume.shape[-1] == box else resample_tensor(volume[None].to(torch.float64), (box, box, box))[0]
+
+    total = trials * settings.starts + (len(schedule) - trials)
+    best = state.get("start")
+    with progress(total, "ab initio") as update:
+        update(min(done, total))
+        for iteration in range(len(schedule)):
+            trial = iteration < trials
+            starts = range(settings.starts) if trial else [best]
+            if iteration < done:
+                continue
+            scores = {}
+            for s in starts:
+                volume = maps[s] if s in maps else initial(s)
+                volume, found, score = iterate(iteration, s, resize(volume, schedule[iteration]))
+                maps[s], poses[s], scores[s] = volume, found, score
+                update(1)
+            if trial and iteration == trials - 1:
+                best = max(scores, key=scores.get)
+                maps = {best: maps[best]}
+                poses = {best: poses[best]}
+            entry = {"iteration": iteration + 1, "resolution_A": schedule[iteration], "box": int(maps[next(iter(maps))].shape[-1]),
+                     "score_median": {str(k): v for k, v in scores.items()}}
+            history.append(entry)
+            echo(f"iteration {iteration + 1}/{len(schedule)}: {schedule[iteration]:.1f} Å, box {entry['box']}, median score "
+                 + ", ".join(f"{v:.3f}" for v in scores.values()))
+            if checkpoint is not None:
+                checkpoint({"history": history, "maps": maps, "poses": poses, "start": best})
+    final_poses = poses[best]
+    whole = reconstruct(images, final_poses.rotations, pixel_size, final_poses.shifts, ctf, seed=settings.seed)
+    volume = _lowpass_and_mask(whole.volume, pixel_size, settings.resolution * 0.8, settings.mask_radius)
+    return AbInitioResult(volume.to(torch.float32), final_poses, history, int(best))
+
+
+def hand_aware_pose_errors(estimated: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Rotation errors (degrees) after the best global rotation, over both hands: the estimated poses
+    as they are, or as J R J (the mirror map's poses); returns the errors of the better and whether it was the mirror."""
+    plain = rotation_errors(estimated, truth, True)
+    mirrored = rotation_errors(MIRROR @ estimated.to(torch.float64) @ MIRROR, truth, True)
+    return (mirrored, True) if float(mirrored.median()) < float(plain.median()) else (plain, False)
