@@ -41,6 +41,7 @@ __all__ = ["AbInitio", "AbInitioResult", "run_abinitio", "hand_aware_pose_errors
 MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 """J: images of a map V at poses R are those of its mirror V(J r) at poses J R J (a projection sums over z)."""
 
+START_SEED = 0x5EEDAB10
 MIN_BOX = 24  # pixels: the working box never goes below this (a coarse Hopf grid needs some detail)
 
 
@@ -145,7 +146,7 @@ def run_abinitio(
     def subset(iteration: int, start: int, final: bool) -> torch.Tensor:
         if final or settings.batch >= count:
             return torch.arange(count)
-        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + iteration * 101 + start)
+        g = torch.Generator().manual_seed(START_SEED + 1 + settings.seed * 1_000_003 + iteration * 101 + start)
         return torch.randperm(count, generator=g)[: settings.batch].sort().values
 
     def iterate(iteration: int, start: int, volume: torch.Tensor) -> tuple[torch.Tensor, Poses, float]:
@@ -163,7 +164,8 @@ def run_abinitio(
 
     def initial(start: int) -> torch.Tensor:
         pixel, box, small, _ = working(schedule[0])
-        g = torch.Generator().manual_seed(settings.seed * 7919 + start)
+        # seeds of their own: a stack simulated from the same seed must not start at its true poses
+        g = torch.Generator().manual_seed(START_SEED + settings.seed * 7919 + start)
         rotations = random_rotations(count, g)
         result = reconstruct(small, rotations, pixel, None, ctf, seed=settings.seed)
         return _lowpass_and_mask(result.volume, pixel, schedule[0], settings.mask_radius)
