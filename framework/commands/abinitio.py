@@ -23,7 +23,7 @@ HAND_NOTE = (
 @click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True, help="frequency limit of the last iteration, Å")
 @click.option("--start-resolution", type=click.FloatRange(min=0, min_open=True), default=35.0, show_default=True, help="frequency limit of the first iteration, Å")
 @click.option("--iterations", type=click.IntRange(min=1), default=12, show_default=True, help="iterations from --start-resolution to --resolution")
-@click.option("--starts", type=click.IntRange(min=1), default=3, show_default=True, help="independent random starts; the one whose images fit it best after the trial iterations goes on")
+@click.option("--starts", type=click.IntRange(min=1), default=6, show_default=True, help="independent random starts; the one whose images fit it best after the trial iterations goes on")
 @click.option("--batch", type=click.IntRange(min=1), default=400, show_default=True, help="images per iteration before the last (a random subset each time)")
 @click.option("--shift-range", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True, help="largest in-plane shift searched, Å")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the starts and the image subsets")
