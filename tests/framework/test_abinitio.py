@@ -6,11 +6,9 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from cryoinverse.abinitio import MIRROR, AbInitio, hand_aware_pose_errors, run_abinitio
 from cryoinverse.align import align_maps
-from cryoinverse.cli import build_cli
 from cryoinverse.ctf import CTFParams, ctf_grid
 from cryoinverse.metrics import fsc, resolution_at
 from cryoinverse.mrc import read_volume
@@ -18,6 +16,7 @@ from cryoinverse.projection import project_fourier, shift_and_filter
 from cryoinverse.rotations import random_rotations
 from cryoinverse.testing import sample_density
 from tests.framework.test_cli_poses import simulate_stack
+from tests.framework.test_reconstruct import invoke
 
 N, PIXEL = 24, 3.0
 SMALL = AbInitio(resolution=9.0, start_resolution=24.0, iterations=6, starts=2, trial_iterations=2, batch=200)
@@ -76,17 +75,6 @@ def test_a_resumed_run_equals_an_uninterrupted_one(stack):
     resumed = run_abinitio(images, PIXEL, ctf, settings, state=saved[-1])
     assert torch.equal(resumed.volume, whole.volume)
     assert torch.equal(resumed.poses.rotations, whole.poses.rotations) and resumed.history == whole.history
-
-
-def invoke(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    result = runner.invoke(build_cli(), [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_the_command_writes_map_poses_report_and_pictures(tmp_path):
