@@ -53,7 +53,7 @@ class AbInitio:
     start_resolution: float = param(35.0, help="frequency limit of the first iteration, Å", validator=positive)
     iterations: int = param(12, help="iterations from start_resolution to resolution", validator=positive)
     starts: int = param(6, help="independent random starts; the best after trial_iterations goes on", validator=positive)
-    trial_iterations: int = param(4, help="iterations each start runs before the best is kept", validator=positive)
+    trial_iterations: int = param(9, help="iterations each start runs before the best is kept (the search scores tell good starts from bad ones only once the limit nears 20 Å)", validator=positive)
     batch: int = param(400, help="images per iteration before the last ones (a random subset each time; all when fewer)", validator=positive)
     level: int = param(1, help="Hopf grid level of each iteration's global search (1: 576 rotations, 30 degrees)", validator=positive)
     refinements: int = param(3, help="local refinement rounds of each search (each halves the angular step)", validator=positive)

@@ -67,7 +67,7 @@ def abinitio(
     if resolution < nyquist:
         raise click.BadParameter(f"{resolution:g} Å is finer than the images' Nyquist ({nyquist:g} Å)", param_hint="--resolution")
     settings = AbInitio(resolution=resolution, start_resolution=start_resolution, iterations=iterations, starts=starts,
-                        trial_iterations=min(4, iterations), batch=batch, shift_range=shift_range, seed=seed)
+                        trial_iterations=min(AbInitio().trial_iterations, iterations), batch=batch, shift_range=shift_range, seed=seed)
     key = json.dumps(fingerprint({"images": stack.images, "pixel_size": stack.pixel_size, "ctf": stack.ctf, "settings": attrs.asdict(settings)}),
                      sort_keys=True)
     state = None
