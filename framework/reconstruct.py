@@ -87,21 +87,20 @@ class Insertion:
         count = images.shape[0]
         lo = m // 2 - n // 2
         padded = torch.nn.functional.pad(images.to(torch.float64), (lo, m - n - lo, lo, m - n - lo))
-        size = m
         spectrum = centred_fft2(padded)  # (N, m, m), frequency 0 at m // 2
-        k = torch.arange(size, dtype=torch.float64) - size // 2
+        k = torch.arange(m, dtype=torch.float64) - m // 2
         ky, kx = torch.meshgrid(k, k, indexing="ij")
         if shifts is not None:  # content moved by +s: undo with the opposite phase ramp
             s = shifts.to(torch.float64) / self.pixel_size
-            phase = 2 * math.pi * (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None]) / size
+            phase = 2 * math.pi * (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None]) / m
             spectrum = spectrum * torch.polar(torch.ones_like(phase), phase)
         if ctf is not None:
-            c = ctf_grid(ctf, size, self.pixel_size, centred=True).expand(count, size, size)
+            c = ctf_grid(ctf, m, self.pixel_size, centred=True).expand(count, m, m)
             c2 = c.square()
             if not ctf_premultiplied:  # images already c Y: they are the normal equations' c Y as they are
                 spectrum = spectrum * c
         else:
-            c2 = torch.ones(count, size, size, dtype=torch.float64)
+            c2 = torch.ones(count, m, m, dtype=torch.float64)
         inside = (kx.square() + ky.square()) <= (m // 2) ** 2  # the Nyquist disc of the padded grid
         plane = torch.stack([kx[inside], ky[inside], torch.zeros_like(kx[inside])], dim=-1)  # (P, 3) in (x, y, z)
         points = torch.einsum("nji,pj->npi", rotations.to(torch.float64), plane) + m // 2  # R^T k, grid indices (x, y, z)

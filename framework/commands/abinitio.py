@@ -10,6 +10,7 @@ import click
 
 from ..errors import DataError
 from ..progress import bar, silent
+from .shared import check_outputs_and_checkpoint, particle_stack
 
 HAND_NOTE = (
     "projections cannot tell a map from its mirror image: this map has either hand (and any orientation); "
@@ -45,24 +46,18 @@ def abinitio(
 
     from ..abinitio import AbInitio, run_abinitio
     from ..mrc import atomic_path, write_volume
-    from ..outputs import check_outputs, write_json
-    from ..particles import read_particle_stack, write_poses_star
+    from ..outputs import write_json
+    from ..particles import write_poses_star
     from ..poses_io import fingerprint, write_sky_map
     from ..previews import write_slices_png
     from ..volume import Volume
-    from .reconstruct import _has_ctf
 
     outputs = {name: out_dir / name for name in ("map.mrc", "poses.star", "report.json", "map_slices.png", "sky.png")}
     partial = out_dir / "abinitio.partial.pt"
-    check_outputs(list(outputs.values()), overwrite)
-    check_outputs([partial], overwrite=True)
-    if partial.exists() and not (resume or overwrite):
-        raise DataError(f"{partial}: a checkpoint of a stopped run is there; --resume continues it, --overwrite starts again")
-    if datadir is not None and not datadir.is_dir():
-        raise DataError(f"--datadir {datadir}: folder not found")
+    check_outputs_and_checkpoint(list(outputs.values()), partial, resume, overwrite)
     if resolution > start_resolution:
         raise click.BadParameter(f"{resolution:g} Å is coarser than --start-resolution {start_resolution:g} Å", param_hint="--resolution")
-    stack = read_particle_stack(particles, pixel_size=pixel_size, ctf=ctf and _has_ctf(particles), datadir=datadir)
+    stack = particle_stack(particles, pixel_size, ctf, datadir)
     nyquist = 2 * stack.pixel_size
     if resolution < nyquist:
         raise click.BadParameter(f"{resolution:g} Å is finer than the images' Nyquist ({nyquist:g} Å)", param_hint="--resolution")

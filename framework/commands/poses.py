@@ -9,6 +9,7 @@ import click
 
 from ..errors import DataError
 from ..progress import bar, silent
+from .shared import check_datadir, check_outputs_and_checkpoint
 
 
 @click.command("poses")
@@ -43,17 +44,12 @@ def poses(
     from ..poses import pose_metrics
     from ..poses_io import checkpoint_path, estimate_star_poses, median_score, read_poses_star, write_sky_map
     from ..devices import resolve_device
-    from ..outputs import check_outputs
     from ..specs import component_from_params
     from ..star import particle_block, read_star
 
     partial = checkpoint_path(out)
-    check_outputs([p for p in (out, plot_path) if p], overwrite)
-    check_outputs([partial], overwrite=True)  # writable; it is replaced as the run goes
-    if partial.exists() and not (resume or overwrite):
-        raise DataError(f"{partial}: a checkpoint of a stopped run is there; --resume continues it, --overwrite starts again")
-    if datadir is not None and not datadir.is_dir():
-        raise DataError(f"--datadir {datadir}: folder not found")
+    check_outputs_and_checkpoint([p for p in (out, plot_path) if p], partial, resume, overwrite)
+    check_datadir(datadir)
     poser = component_from_params("poser", poser_name, params)
     torch_device = resolve_device(device)
     volume = read_volume(map_path)

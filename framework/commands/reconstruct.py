@@ -9,7 +9,7 @@ import click
 
 from ..errors import DataError
 from ..progress import bar, silent
-from .shared import echo_metrics
+from .shared import echo_metrics, particle_stack
 
 
 @click.command("reconstruct")
@@ -32,15 +32,12 @@ def reconstruct(
     from ..metrics import compare
     from ..mrc import write_volume
     from ..outputs import check_outputs, finite, write_fsc_csv, write_fsc_plot
-    from ..particles import read_particle_stack
     from ..reconstruct import reconstruct as invert
     from ..volume import Volume
 
     extra = [out.with_name(f"{out.stem}_{name}") for name in ("half1.mrc", "half2.mrc", "fsc.csv", "fsc.png")] if half_maps else []
     check_outputs([out, *extra], overwrite)
-    if datadir is not None and not datadir.is_dir():
-        raise DataError(f"--datadir {datadir}: folder not found")
-    stack = read_particle_stack(particles, pixel_size=pixel_size, ctf=ctf and _has_ctf(particles), datadir=datadir)
+    stack = particle_stack(particles, pixel_size, ctf, datadir)
     if stack.rotations is None:
         raise DataError(
             f"{particles}: has no angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi); find the poses first "
@@ -69,13 +66,6 @@ def reconstruct(
         click.echo(f"wrote {path}")
     click.echo(f"{summary['images']} images in two half sets of {summary['halves'][0]} and {summary['halves'][1]}")
     echo_metrics({"half map 1 vs half map 2": metrics})
-
-
-def _has_ctf(star: Path) -> bool:
-    """Whether the STAR file's particle table has CTF columns (images without them are reconstructed as they are)."""
-    from ..star import particle_table, read_star
-
-    return "rlnDefocusU" in particle_table(read_star(star), star)
 
 
 command = reconstruct

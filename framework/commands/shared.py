@@ -1,5 +1,5 @@
 """What several commands share: the `--set` help, the metrics table and half-map lines they print,
-and two maps read for a comparison."""
+two maps read for a comparison, and the checks and reading of commands on particle stacks."""
 
 from __future__ import annotations
 
@@ -57,3 +57,35 @@ def echo_metrics(metrics: dict) -> None:
             f"{name:32s} {m['auc']:8.4f} {m['resolution_0.5']:9.2f} {m['resolution_0.143']:10.2f} "
             f"{m['correlation']:7.4f} {m['rmse']:9.4g} {'yes' if m['failed'] else 'no'}"
         )
+
+
+def check_outputs_and_checkpoint(outputs: list[Path], partial: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: `outputs` can be written (and do not exist, unless `overwrite`), and a checkpoint
+    `partial` of a stopped run is either continued (`resume`) or replaced (`overwrite`), never ignored."""
+    from ..outputs import check_outputs
+
+    check_outputs(outputs, overwrite)
+    check_outputs([partial], overwrite=True)  # writable; it is replaced as the run goes
+    if partial.exists() and not (resume or overwrite):
+        raise DataError(f"{partial}: a checkpoint of a stopped run is there; --resume continues it, --overwrite starts again")
+
+
+def check_datadir(datadir: Path | None) -> None:
+    """A `--datadir` that is given must be a folder."""
+    if datadir is not None and not datadir.is_dir():
+        raise DataError(f"--datadir {datadir}: folder not found")
+
+
+def particle_stack(star: Path, pixel_size: float | None, ctf: bool, datadir: Path | None):
+    """The images of STAR file `star` with their CTFs where `ctf` and the file has CTF columns (images
+    without them are used as they are)."""
+    import attrs
+
+    from ..ctf import CTFParams
+    from ..particles import read_particle_stack
+
+    check_datadir(datadir)
+    stack = read_particle_stack(star, pixel_size=pixel_size, ctf=False, datadir=datadir)
+    if ctf and "rlnDefocusU" in stack.table:
+        stack = attrs.evolve(stack, ctf=CTFParams.from_star(stack.table, where=str(star)))
+    return stack
