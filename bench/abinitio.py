@@ -32,6 +32,8 @@ from cryoinverse.align import align_maps
 from cryoinverse.ctf import CTFParams
 from cryoinverse.metrics import fsc, resolution_at
 from cryoinverse.mrc import read_volume
+from cryoinverse.reconstruct import reconstruct
+from cryoinverse.refine import Refinement, prior_regularizer, run_refinement
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -49,25 +51,46 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def evaluate(name: str, volume: torch.Tensor, images: torch.Tensor, pixel: float, ctf, rotations: torch.Tensor, settings: AbInitio) -> dict:
-    start = time.perf_counter()
-    result = run_abinitio(images.float(), pixel, ctf, settings)
-    seconds = time.perf_counter() - start
-    alignment, moved = align_maps(volume.double(), result.volume.double(), pixel, allow_mirror=True)
+def score(name: str, method: str, volume: torch.Tensor, found: torch.Tensor, pixel: float, rotations: torch.Tensor | None,
+          estimated: torch.Tensor | None, count: int, seconds: float) -> dict:
+    """The row of one result: `found` map against `volume` over both hands, `estimated` poses against `rotations`."""
+    alignment, moved = align_maps(volume.double(), found.double(), pixel, allow_mirror=True)
     curve = fsc(moved, volume.double())
     n = volume.shape[-1]
-    errors, _ = hand_aware_pose_errors(result.poses.rotations, rotations)
-    return {
-        "map": name, "images": images.shape[0], "fsc05": resolution_at(curve, pixel, 0.5, n), "fsc0143": resolution_at(curve, pixel, 0.143, n),
-        "pose_median": float(errors.median()), "within10": float((errors <= 10).double().mean()), "mirror": alignment.mirror,
-        "seconds": seconds, "peak_mib": peak_mib(),
-    }
+    row = {"map": name, "method": method, "images": count, "fsc05": resolution_at(curve, pixel, 0.5, n),
+           "fsc0143": resolution_at(curve, pixel, 0.143, n), "pose_median": None, "within10": None, "mirror": alignment.mirror,
+           "seconds": seconds, "peak_mib": peak_mib()}
+    if estimated is not None:
+        errors, _ = hand_aware_pose_errors(estimated, rotations)
+        row.update(pose_median=float(errors.median()), within10=float((errors <= 10).double().mean()))
+    return row
+
+
+def evaluate(name: str, volume: torch.Tensor, images: torch.Tensor, pixel: float, ctf, rotations: torch.Tensor, settings: AbInitio,
+             refine: list[str] = (), shifts: torch.Tensor | None = None) -> list[dict]:
+    """Rows of ab initio, then of each refinement in `refine` (plain, cryofm) from its result, then of the reconstruction at the true poses."""
+    start = time.perf_counter()
+    result = run_abinitio(images.float(), pixel, ctf, settings)
+    rows = [score(name, "abinitio", volume, result.volume, pixel, rotations, result.poses.rotations, images.shape[0], time.perf_counter() - start)]
+    for prior in refine:
+        start = time.perf_counter()
+        regularize = None if prior == "plain" else prior_regularizer(prior)
+        refined = run_refinement(images.float(), pixel, result.volume, result.poses, ctf, Refinement(), regularize=regularize)
+        rows.append(score(name, f"+ refine ({prior})", volume, refined.volume, pixel, rotations, refined.poses.rotations, images.shape[0],
+                          time.perf_counter() - start))
+    if refine:
+        start = time.perf_counter()
+        true = reconstruct(images.float(), rotations, pixel, shifts, ctf).volume
+        rows.append(score(name, "true poses", volume, true, pixel, None, None, images.shape[0], time.perf_counter() - start))
+    return rows
 
 
 def print_row(row: dict, snr: str) -> None:
+    pose = "" if row["pose_median"] is None else f"{row['pose_median']:.1f}"
+    within = "" if row["within10"] is None else f"{100 * row['within10']:.0f}%"
     print(
-        f"| {row['map']} | {snr} | {row['images']} | {row['fsc05']:.1f} | {row['fsc0143']:.1f} | {row['pose_median']:.1f} | "
-        f"{100 * row['within10']:.0f}% | {'mirror' if row['mirror'] else 'same'} | {row['seconds']:.0f} | {row['peak_mib']:.0f} |",
+        f"| {row['map']} | {row['method']} | {snr} | {row['images']} | {row['fsc05']:.1f} | {row['fsc0143']:.1f} | {pose} | "
+        f"{within} | {'mirror' if row['mirror'] else 'same'} | {row['seconds']:.0f} | {row['peak_mib']:.0f} |",
         flush=True,
     )
 
@@ -81,12 +104,15 @@ def main() -> None:
     parser.add_argument("--snr", type=float, nargs="*", default=[1.0, 0.1], help="signal-to-noise ratios (0: no noise)")
     parser.add_argument("--no-peer", action="store_true", help="leave out cryoDRGN's toy and hand stacks")
     parser.add_argument("--seed", type=int, default=1, help="seed of the stacks")
+    parser.add_argument("--refine", nargs="*", default=[], choices=["plain", "cryofm"],
+                        help="also refine each ab initio result (plain; cryofm: references regularised by the learned prior), "
+                        "with a row for the reconstruction at the true poses")
     args = parser.parse_args()
     settings = AbInitio()
     print(f"cryoinverse abinitio at its defaults ({settings.start_resolution:g} -> {settings.resolution:g} Å, {settings.iterations} iterations, "
           f"{settings.starts} starts, {settings.batch} images per early iteration); {torch.get_num_threads()} threads")
-    print("| map | SNR | images | FSC-0.5 (Å) | FSC-0.143 (Å) | median pose error (°) | within 10° | hand | seconds | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| map | method | SNR | images | FSC-0.5 (Å) | FSC-0.143 (Å) | median pose error (°) | within 10° | hand | seconds | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     poses_bench = _poses_bench()
     ids = [ln.strip() for ln in (HERE / "default_prior_heldout.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     maps = [(model, lambda m=model: _simulate(m, args.box, args.pixel)) for model in ids[: args.maps]]
@@ -94,24 +120,24 @@ def main() -> None:
     for model, make in maps:
         volume = make()
         chance = _chance(volume, args.pixel)
-        print(f"| {model}: random poses (chance) | | | {chance[0]:.1f} | {chance[1]:.1f} | ~126 | 0% | | | |", flush=True)
+        print(f"| {model} | random poses (chance) | | | {chance[0]:.1f} | {chance[1]:.1f} | ~126 | 0% | | | |", flush=True)
         for snr in args.snr:
             for count in args.images:
                 images, _, truth = poses_bench.stack(volume, count, args.pixel, snr, args.seed)
                 ctf = _ctf_params(count, args.seed)
-                row = evaluate(model, volume, images, args.pixel, ctf, truth.rotations, settings)
-                print_row(row, "inf" if snr == 0 else f"{snr:g}")
+                for row in evaluate(model, volume, images, args.pixel, ctf, truth.rotations, settings, args.refine, truth.shifts):
+                    print_row(row, "inf" if snr == 0 else f"{snr:g}")
     if not args.no_peer and SHARED.is_dir():
         toy = read_volume(SHARED / "particles" / "toymodel_small_nocenter.mrc").data.double()
         toy_images = torch.from_numpy(_stack(SHARED / "particles" / "toy_projections.mrcs")).double()
         toy_rot = torch.from_numpy(np.load(SHARED / "particles" / "toy_rot_trans.npz")["rotations"]).double()
         toy_settings = AbInitio(resolution=4.0, start_resolution=10.0, shift_range=5.0)  # its shifts reach 0.16 of the box
-        print_row(evaluate("cryoDRGN toy (30 px, 1 Å)", toy, toy_images, 1.0, None, toy_rot, toy_settings), "inf")
+        print_row(evaluate("cryoDRGN toy (30 px, 1 Å)", toy, toy_images, 1.0, None, toy_rot, toy_settings)[0], "inf")
         hand = read_volume(SHARED / "particles" / "hand-vol.mrc").data.double()
         hand_images = torch.from_numpy(_stack(SHARED / "particles" / "hand.mrcs")).double()
         hand_rot = torch.from_numpy(np.load(SHARED / "particles" / "hand_rot.npz")["rotations"]).double()
         hand_settings = AbInitio(resolution=8.0, start_resolution=20.0, shift_range=2.0)
-        print_row(evaluate("cryoDRGN hand (64 px, 1 Å)", hand, hand_images, 1.0, None, hand_rot, hand_settings), "inf")
+        print_row(evaluate("cryoDRGN hand (64 px, 1 Å)", hand, hand_images, 1.0, None, hand_rot, hand_settings)[0], "inf")
 
 
 def _chance(volume: torch.Tensor, pixel: float) -> tuple[float, float]:

@@ -14,6 +14,15 @@ not fix every image's pose at once; `starts` independent starts run the first `t
 each and the one whose images agree best with its map (the median search score) goes on. The
 last iteration uses every image, and the map is reconstructed at the images' own box.
 
+With `classes` K > 1 every start holds K maps (each from its own random poses); each image is
+searched against every map and goes, with that pose, to the class whose map it fits best (its
+search score), and each class is reconstructed from its own images (hard assignment; a class left
+with under 1% of the images keeps its map). The result's map is the largest class's.
+
+With a `regularize` callable (a learned prior's flow posterior on the two half maps of each class,
+`cryoinverse.refine.prior_regularizer`), the maps of the iterations after the start is chosen, and
+the final map, are the prior's restoration rather than the Wiener-regularised inversion alone.
+
 Projections cannot tell a map from its mirror image: the result has either hand (and any
 orientation). Compare it with a known map after alignment over both hands (`cryoinverse align
 --allow-mirror`, `hand_aware_pose_errors`).
@@ -28,6 +37,7 @@ import attrs
 import torch
 
 from .ctf import CTFParams, ctf_grid
+from .distributed import gather_rows, share
 from .fourier import fftn, ifftn, shell_index
 from .params import param, positive
 from .particles import resample_images
@@ -60,6 +70,7 @@ class AbInitio:
     shift_range: float = param(8.0, help="largest in-plane shift searched, Å", validator=positive)
     mask_radius: float = param(0.45, help="radius of the soft spherical mask, as a fraction of the box", validator=positive)
     seed: int = param(0, help="random seed of the starts and the image subsets")
+    classes: int = param(1, help="maps made at once; each image goes to the class whose map it fits best (its search score)", validator=positive)
 
     def schedule(self) -> list[float]:
         """The frequency limit of each iteration, Å: geometric from start_resolution to resolution."""
@@ -72,12 +83,16 @@ class AbInitio:
 
 @attrs.frozen
 class AbInitioResult:
-    """The map (n, n, n) float32 at the images' pixel size, every image's pose, and the history of the iterations."""
+    """The map (n, n, n) float32 at the images' pixel size (the largest class's), every image's pose, the
+    history of the iterations, the start kept, and with classes every class's map (K, n, n, n) and every
+    image's class (N,)."""
 
     volume: torch.Tensor
     poses: Poses
     history: list[dict]
     start: int
+    class_volumes: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
 
 
 def working_pixel(pixel_size: float, n: int, resolution: float) -> tuple[float, int]:
@@ -112,24 +127,31 @@ def run_abinitio(
     echo: Callable[[str], None] = lambda line: None,
     state: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    regularize: Callable | None = None,
 ) -> AbInitioResult:
     """A map and poses from `images` (N, n, n) at `pixel_size` Å with their CTFs (N or 1), from random poses.
 
     `state` (a dict `checkpoint` was given) continues a stopped run: the iterations in it are not
     run again, and the rest run as they would have (each iteration's randomness comes from the
-    seed and its number alone). `checkpoint(state)` is called after every iteration.
+    seed and its number alone). `checkpoint(state)` is called after every iteration. Under `torchrun`
+    each rank searches and inserts its share of the images, and every rank gets every pose.
+    `regularize(h1, h2, pixel_size)` (e.g. `cryoinverse.refine.prior_regularizer("cryofm")`) makes each
+    class's map, from the iteration after the start is chosen on, the mean of what it returns for the
+    class's two half maps (a learned prior's flow posterior) instead of their Wiener-regularised inversion.
     """
     from .posers.search import Search
 
     count, n = images.shape[0], images.shape[-1]
     if count < 4:
         raise ValueError(f"ab initio needs at least 4 images; got {count}")
+    classes = settings.classes
     schedule = settings.schedule()
     trials = min(settings.trial_iterations, len(schedule))
     state = dict(state or {})
     history: list[dict] = list(state.get("history", []))
     maps: dict[int, torch.Tensor] = {int(k): v for k, v in state.get("maps", {}).items()}
     poses: dict[int, Poses] = dict(state.get("poses", {}))
+    labels: dict[int, torch.Tensor] = {int(k): v for k, v in state.get("labels", {}).items()}
     done = len(history)
     cache: dict[tuple[float, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -149,33 +171,65 @@ def run_abinitio(
         g = torch.Generator().manual_seed(START_SEED + 1 + settings.seed * 1_000_003 + iteration * 101 + start)
         return torch.randperm(count, generator=g)[: settings.batch].sort().values
 
-    def iterate(iteration: int, start: int, volume: torch.Tensor) -> tuple[torch.Tensor, Poses, float]:
+    def ctf_of(indices: torch.Tensor) -> CTFParams | None:
+        return None if ctf is None else (ctf if len(ctf) == 1 else ctf[indices])
+
+    def invert(imgs, rotations, shifts, indices, pixel, seed, prior: bool) -> torch.Tensor:
+        """One class's map from its images: the Wiener inversion, or the prior's restoration of its halves."""
+        result = reconstruct(imgs, rotations, pixel, shifts, ctf_of(indices), seed=seed)
+        if prior and regularize is not None:
+            h1, h2 = regularize(result.halves[0].to(torch.float64), result.halves[1].to(torch.float64), pixel)
+            return 0.5 * (h1 + h2)
+        return result.volume
+
+    def iterate(iteration: int, start: int, volumes: torch.Tensor) -> tuple[torch.Tensor, Poses, torch.Tensor, float, list[int]]:
         resolution = schedule[iteration]
         final = iteration == len(schedule) - 1
         pixel, box, small, filters = working(resolution)
         take = subset(iteration, start, final)
         search = Search(level=settings.level, refinements=settings.refinements, shift_range=settings.shift_range,
                         start_resolution=max(resolution, 2.5 * pixel), final_resolution=max(resolution, 2 * pixel))
-        found = search.estimate(small[take], volume.to(torch.float32), pixel, None if filters is None else filters[take])
-        sub_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf[take])
-        result = reconstruct(small[take], found.rotations, pixel, found.shifts, sub_ctf, seed=settings.seed + iteration)
-        new = _lowpass_and_mask(result.volume, pixel, resolution, settings.mask_radius)
-        return new, found, float(found.scores.median())
+        chosen = None if filters is None else filters[take]
+        search = search.with_stack_statistics(search.stack_statistics(small[take], chosen))  # the same on every rank
+        mine = share(take)  # under torchrun: this rank's images
+        found = []
+        for k in range(classes):
+            part = search.estimate(small[mine], volumes[k].to(torch.float32), pixel, None if filters is None else filters[mine])
+            found.append(Poses(*(gather_rows(t.to(torch.float64), len(take)) for t in (part.rotations, part.shifts, part.scores))))
+        scores = torch.stack([f.scores for f in found])  # (K, T)
+        label = scores.argmax(dim=0)
+        rows = torch.arange(len(take))
+        best = Poses(torch.stack([f.rotations for f in found])[label, rows], torch.stack([f.shifts for f in found])[label, rows],
+                     scores[label, rows])
+        new, sizes = [], []
+        for k in range(classes):
+            members = torch.nonzero(label == k)[:, 0]
+            sizes.append(len(members))
+            if len(members) < max(4, 0.01 * len(take)):  # too few images to reconstruct: the class keeps its map
+                new.append(volumes[k].to(torch.float64))
+                continue
+            volume = invert(small[take][members], best.rotations[members], best.shifts[members], take[members], pixel,
+                            settings.seed + iteration, prior=iteration >= trials)
+            new.append(_lowpass_and_mask(volume, pixel, resolution, settings.mask_radius))
+        return torch.stack(new), best, label, float(best.scores.median()), sizes
 
     def initial(start: int) -> torch.Tensor:
         pixel, box, small, _ = working(schedule[0])
-        # seeds of their own: a stack simulated from the same seed must not start at its true poses
-        g = torch.Generator().manual_seed(START_SEED + settings.seed * 7919 + start)
-        rotations = random_rotations(count, g)
-        result = reconstruct(small, rotations, pixel, None, ctf, seed=settings.seed)
-        return _lowpass_and_mask(result.volume, pixel, schedule[0], settings.mask_radius)
+        out = []
+        for k in range(classes):
+            # seeds of their own: a stack simulated from the same seed must not start at its true poses
+            g = torch.Generator().manual_seed(START_SEED + settings.seed * 7919 + start + 104_729 * k)
+            rotations = random_rotations(count, g)
+            result = reconstruct(small, rotations, pixel, None, ctf, seed=settings.seed)
+            out.append(_lowpass_and_mask(result.volume, pixel, schedule[0], settings.mask_radius))
+        return torch.stack(out)
 
-    def resize(volume: torch.Tensor, resolution: float) -> torch.Tensor:
-        """The map on the working grid of `resolution` (Fourier crop or pad)."""
+    def resize(volumes: torch.Tensor, resolution: float) -> torch.Tensor:
+        """The maps on the working grid of `resolution` (Fourier crop or pad)."""
         from .resample import resample_tensor
 
         _, box = working_pixel(pixel_size, n, resolution)
-        return volume if volume.shape[-1] == box else resample_tensor(volume[None].to(torch.float64), (box, box, box))[0]
+        return volumes if volumes.shape[-1] == box else resample_tensor(volumes.to(torch.float64), (box, box, box))
 
     total = trials * settings.starts + (len(schedule) - trials)
     best = state.get("start")
@@ -186,27 +240,39 @@ def run_abinitio(
             starts = range(settings.starts) if trial else [best]
             if iteration < done:
                 continue
-            scores = {}
+            scores, sizes = {}, {}
             for s in starts:
-                volume = maps[s] if s in maps else initial(s)
-                volume, found, score = iterate(iteration, s, resize(volume, schedule[iteration]))
-                maps[s], poses[s], scores[s] = volume, found, score
+                volumes = maps[s] if s in maps else initial(s)
+                volumes, found, label, score, size = iterate(iteration, s, resize(volumes, schedule[iteration]))
+                maps[s], poses[s], labels[s], scores[s], sizes[s] = volumes, found, label, score, size
                 update(1)
             if trial and iteration == trials - 1:
                 best = max(scores, key=scores.get)
-                maps = {best: maps[best]}
-                poses = {best: poses[best]}
+                maps, poses, labels = {best: maps[best]}, {best: poses[best]}, {best: labels[best]}
             entry = {"iteration": iteration + 1, "resolution_A": schedule[iteration], "box": int(maps[next(iter(maps))].shape[-1]),
                      "score_median": {str(k): v for k, v in scores.items()}}
+            if classes > 1:
+                entry["class_sizes"] = {str(k): v for k, v in sizes.items()}
             history.append(entry)
             echo(f"iteration {iteration + 1}/{len(schedule)}: {schedule[iteration]:.1f} Å, box {entry['box']}, median score "
-                 + ", ".join(f"{v:.3f}" for v in scores.values()))
+                 + ", ".join(f"{v:.3f}" for v in scores.values())
+                 + ("" if classes == 1 else "; classes " + ", ".join("/".join(str(c) for c in v) for v in sizes.values())))
             if checkpoint is not None:
-                checkpoint({"history": history, "maps": maps, "poses": poses, "start": best})
-    final_poses = poses[best]
-    whole = reconstruct(images, final_poses.rotations, pixel_size, final_poses.shifts, ctf, seed=settings.seed)
-    volume = _lowpass_and_mask(whole.volume, pixel_size, settings.resolution * 0.8, settings.mask_radius)
-    return AbInitioResult(volume.to(torch.float32), final_poses, history, int(best))
+                checkpoint({"history": history, "maps": maps, "poses": poses, "labels": labels, "start": best})
+    final_poses, label = poses[best], labels[best]
+    volumes = []
+    for k in range(classes):
+        members = torch.nonzero(label == k)[:, 0]
+        if len(members) < 2:
+            volumes.append(torch.zeros(n, n, n, dtype=torch.float64))
+            continue
+        whole = invert(images[members], final_poses.rotations[members], final_poses.shifts[members], members, pixel_size,
+                       settings.seed, prior=True)
+        volumes.append(_lowpass_and_mask(whole, pixel_size, settings.resolution * 0.8, settings.mask_radius))
+    volumes = torch.stack(volumes).to(torch.float32)
+    largest = int(torch.bincount(label, minlength=classes).argmax())
+    return AbInitioResult(volumes[largest], final_poses, history, int(best),
+                          volumes if classes > 1 else None, label if classes > 1 else None)
 
 
 def hand_aware_pose_errors(estimated: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -1,7 +1,8 @@
 """Rigid alignment of one map onto another: rotation, translation and optionally handedness.
 
 A map rotated by R is v'(r) = v(R^T r) (a point at r moves to R r; rotations as in
-`cryoinverse.rotations`, about the box centre n // 2), sampled trilinearly. `align_maps` searches
+`cryoinverse.rotations`, about the box centre n // 2), sampled trilinearly (the moved map that
+`align_maps` returns on a grid Fourier-padded to twice the box, to keep its high frequencies). `align_maps` searches
 the Hopf grid of level 1 (`cryoinverse.so3_grid`) on both maps Fourier-cropped to at most 32^3,
 with the translation of every rotation from one 3D FFT cross-correlation, then refines the best
 few rotations (and the identity) locally at full size, the step halving each round; a map
@@ -27,8 +28,17 @@ __all__ = ["rotate_volume", "align_maps", "Alignment", "constant_map_problem"]
 COARSE_EDGE = 32  # voxels: the grid search runs on maps Fourier-cropped to at most this
 
 
-def rotate_volume(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """v'(r) = v(R^T r) for each of `rotations` (B, 3, 3): (n, n, n) -> (B, n, n, n), trilinear, zero outside."""
+def rotate_volume(volume: torch.Tensor, rotations: torch.Tensor, oversampling: int = 1) -> torch.Tensor:
+    """v'(r) = v(R^T r) for each of `rotations` (B, 3, 3): (n, n, n) -> (B, n, n, n), trilinear, zero outside.
+
+    `oversampling` 2: interpolated on the map Fourier-padded to twice the box and cropped back (trilinear
+    interpolation damps the highest frequencies of a map: at Nyquist by sinc^2; on the padded grid they
+    sit at half its Nyquist, where the damping is far smaller)."""
+    if oversampling > 1:
+        n = volume.shape[-1]
+        fine = resample_tensor(volume[None].to(torch.float64), (oversampling * n,) * 3)[0]
+        out = rotate_volume(fine, rotations, 1)
+        return resample_tensor(out, (n, n, n)).to(volume.dtype)
     n = volume.shape[-1]
     c = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
     gz, gy, gx = torch.meshgrid(c, c, c, indexing="ij")
@@ -40,16 +50,65 @@ def rotate_volume(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor
 
 
 def _best_shift(reference: torch.Tensor, moved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correlation, shift (B, 3) voxels z-y-x) maximising sum_x ref(x) moved(x - s) / (|ref| |moved|)."""
+    """(correlation, shift (B, 3) voxels z-y-x) maximising sum_x ref(x) moved(x - s) / (|ref| |moved|).
+
+    The shift is the whole-voxel peak plus, per axis, the vertex of the parabola through the peak and
+    its two neighbours, and the correlation that vertex's height: a half-voxel error turns the phase
+    of the finest shells by 90 degrees, and scoring rotations at whole-voxel shifts only would let a
+    small wrong rotation stand in for the missing fraction."""
     n = reference.shape[-1]
     cc = ifftn(fftn(reference.to(torch.float64))[None] * fftn(moved.to(torch.float64)).conj())
     norms = reference.to(torch.float64).norm() * moved.to(torch.float64).reshape(moved.shape[0], -1).norm(dim=1)
     value, index = cc.reshape(cc.shape[0], -1).max(dim=1)
-    z, y, x = index // (n * n), (index // n) % n, index % n
-    shift = torch.stack([z, y, x], dim=-1)
-    shift = torch.where(shift > n // 2, shift - n, shift)
+    peak = torch.stack([index // (n * n), (index // n) % n, index % n], dim=-1)  # (B, 3) z, y, x
+    batch = torch.arange(cc.shape[0])
+    fraction = torch.zeros(cc.shape[0], 3, dtype=torch.float64)
+    height = value.clone()
+    for axis in range(3):
+        sides = []
+        for d in (-1, 1):
+            at = peak.clone()
+            at[:, axis] = (at[:, axis] + d) % n
+            sides.append(cc[batch, at[:, 0], at[:, 1], at[:, 2]])
+        curvature = sides[0] - 2 * value + sides[1]
+        ok = curvature < 0
+        delta = torch.where(ok, 0.5 * (sides[0] - sides[1]) / torch.where(ok, curvature, -1.0), 0.0).clamp(-0.5, 0.5)
+        fraction[:, axis] = torch.where(delta.abs() < 1e-9, 0.0, delta)  # a symmetric peak: exactly whole
+        height = height - torch.where(ok, 0.125 * (sides[0] - sides[1]) ** 2 / torch.where(ok, curvature, -1.0), 0.0)
+    shift = torch.where(peak > n // 2, peak - n, peak).to(torch.float64) + fraction
     # the orthonormal transforms give sum_x ref(x) moved(x - s) / sqrt(n^3)
-    return value * n**1.5 / norms.clamp(min=1e-300), shift.to(torch.float64)
+    return height * n**1.5 / norms.clamp(min=1e-300), shift
+
+
+def _polish_shift(reference: torch.Tensor, moved: torch.Tensor, shift: torch.Tensor, iterations: int = 6) -> torch.Tensor:
+    """`shift` (z, y, x voxels) moved to the maximum of c(s) = sum_x ref(x) moved(x - s), evaluated exactly as
+    Re sum_k R(k) conj(M(k)) e^(2 pi i k.s), by Newton steps (each at most half a voxel per axis)."""
+    n = reference.shape[-1]
+    product = (torch.fft.fftn(reference.to(torch.float64)) * torch.fft.fftn(moved.to(torch.float64)).conj()).reshape(-1)
+    k = torch.fft.fftfreq(n, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+    freqs = torch.stack([kz.reshape(-1), ky.reshape(-1), kx.reshape(-1)], dim=-1)  # (K, 3)
+    shift = shift.to(torch.float64).clone()
+    for _ in range(iterations):
+        term = product * torch.polar(torch.ones(1, dtype=torch.float64), 2 * math.pi * (freqs @ shift))
+        gradient = -2 * math.pi * (freqs * term.imag[:, None]).sum(0)
+        hessian = -4 * math.pi**2 * (freqs.T * term.real) @ freqs
+        if bool(torch.linalg.eigvalsh(hessian).max() >= 0):
+            break  # not at a maximum: leave the shift as the search found it
+        step = torch.linalg.solve(hessian, gradient).clamp(-0.5, 0.5)
+        shift = shift - step
+        if float(step.abs().max()) < 1e-6:
+            break
+    return shift
+
+
+def _phase_shift(volume: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`volume` moved by `shift` voxels (z, y, x), fractions too, as a phase ramp (periodic, band-limited)."""
+    n = volume.shape[-1]
+    k = torch.fft.fftfreq(n, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+    phase = -2 * math.pi * (kz * float(shift[0]) + ky * float(shift[1]) + kx * float(shift[2]))
+    return torch.fft.ifftn(torch.fft.fftn(volume) * torch.polar(torch.ones_like(phase), phase)).real
 
 
 @attrs.frozen
@@ -120,8 +179,13 @@ def align_maps(reference: torch.Tensor, moving: torch.Tensor, voxel_size: float,
     if torch.equal(rotation, torch.eye(3, dtype=rotation.dtype)):
         moved = mov.to(torch.float64)  # no rotation: the map itself, not an interpolated copy
     else:
-        moved = rotate_volume(mov.to(torch.float64), rotation[None])[0]
-    moved = torch.roll(moved, shifts=tuple(int(s) for s in shift), dims=(-3, -2, -1))
+        moved = rotate_volume(mov.to(torch.float64), rotation[None], oversampling=2)[0]
+    if not torch.equal(shift, shift.round()):
+        shift = _polish_shift(reference, moved, shift)
+    if torch.equal(shift, shift.round()):
+        moved = torch.roll(moved, shifts=tuple(int(s) for s in shift), dims=(-3, -2, -1))
+    else:
+        moved = _phase_shift(moved, shift)
     alignment = Alignment(rotation, tuple(float(s) * voxel_size for s in shift), mirror, value)
     return alignment, moved.to(moving.dtype)
 

@@ -66,7 +66,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
 import numpy as np

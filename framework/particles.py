@@ -440,8 +440,10 @@ def write_poses_star(
     scores=None,
     score_column: str = SCORE_COLUMN,
     pixel_size: float | None = None,
+    columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write the STAR file `source` came from (a ParticleStack, its blocks, or a path) with new poses.
+    """Write the STAR file `source` came from (a ParticleStack, its blocks, or a path) with new poses
+    (and `columns`, name -> N values, set on the particle rows: e.g. rlnRandomSubset).
 
     rotations (N, 3, 3) and shifts (N, 2) in Å (content moves by +shift; None: zero) for the N
     particle rows in order; scores (N,) go to `score_column`. Every other block, column and row is
@@ -499,4 +501,9 @@ def write_poses_star(
         if scores.shape != (count,):
             raise ValueError(f"scores must be ({count},) for the {count} particles of {where}; got {scores.shape}")
         particles.set_column(score_column, scores)
+    for column, values in (columns or {}).items():
+        values = np.asarray(values).reshape(-1)
+        if values.shape != (count,):
+            raise ValueError(f"column {column} must hold {count} values for the particles of {where}; got {values.shape}")
+        particles.set_column(column, values)
     return write_star(out, blocks)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .ctf import CTFParams, ctf_grid
+from .distributed import gather_rows, is_writer, share
 from .errors import DataError
 from .mrc import atomic_path
 from .poses import Poses
@@ -159,7 +160,8 @@ def estimate_in_chunks(
     `torch.fft.fft2` order; with `ctf_premultiplied` (images already multiplied by their CTF) the
     references are multiplied by CTF^2. `checkpoint`: where the finished poses are saved after each
     chunk, with `key` (a `fingerprint`); with `resume`, a checkpoint there is continued when its key
-    matches, else DataError naming what changed. The checkpoint is removed at the end.
+    matches, else DataError naming what changed. The checkpoint is removed at the end. Under `torchrun`
+    each rank estimates its share of every chunk and all ranks get every pose (`cryoinverse.distributed`).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 image; got {chunk}")
@@ -180,17 +182,19 @@ def estimate_in_chunks(
         for start in range(done, total, chunk):
             sl = slice(start, min(total, start + chunk))
             filters = _ctf_chunk(ctf, sl, n, pixel_size, ctf_premultiplied)
+            mine = share(torch.arange(sl.stop - sl.start))  # under torchrun: this rank's images of the chunk
             est = poser.estimate(
-                images[sl].to(device=device, dtype=torch.float32),
+                images[sl][mine].to(device=device, dtype=torch.float32),
                 volume,
                 pixel_size,
-                ctf=None if filters is None else filters.to(device=device, dtype=torch.float32),
+                ctf=None if filters is None else filters[mine].to(device=device, dtype=torch.float32),
             )
-            parts.append(Poses(est.rotations.cpu(), est.shifts.cpu(), est.scores.cpu()))
-            if checkpoint is not None and sl.stop < total:
+            count = sl.stop - sl.start
+            parts.append(Poses(*(gather_rows(t.cpu().to(torch.float64), count) for t in (est.rotations, est.shifts, est.scores))))
+            if checkpoint is not None and sl.stop < total and is_writer():
                 _save_checkpoint(checkpoint, _concat(parts), key)
             update(sl.stop - sl.start)
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and checkpoint.exists() and is_writer():
         checkpoint.unlink()
     return _concat(parts), resumed
 
@@ -443,5 +447,5 @@ def estimate_star_poses(
     )
     seconds = time.perf_counter() - start
     stack = attrs.evolve(stack, blocks=rebase_image_names(stack.blocks, star, out))
-    path = write_poses_star(stack, out, poses.rotations, poses.shifts, poses.scores)
+    path = write_poses_star(stack, out, poses.rotations, poses.shifts, poses.scores) if is_writer() else out
     return StarPoses(stack, poses, resumed, seconds, note, path)

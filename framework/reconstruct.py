@@ -35,6 +35,7 @@ import attrs
 import torch
 
 from .ctf import CTFParams, ctf_grid
+from .distributed import share, sum_
 from .fourier import n_shells
 from .metrics import fsc as fourier_shell_correlation
 from .progress import ProgressFactory, silent
@@ -182,29 +183,42 @@ def reconstruct(
     oversampling: int = OVERSAMPLING,
     progress: ProgressFactory = silent,
     ctf_premultiplied: bool = False,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
 ) -> Reconstruction:
     """The map of images (N, n, n) with known poses: rotations (N, 3, 3) volume -> image, shifts (N, 2)
-    in Å, CTF parameters (N or 1), the images split into two random halves by `seed`.
+    in Å, CTF parameters (N or 1), the images split into two random halves by `seed` (or as `split`
+    gives them: two disjoint index sets).
 
-    Each half is inverted without regularisation; their FSC gives the SSNR of each shell; the full
-    map (and each half map, with its own SSNR) is then the regularised inversion (module doc).
+    Each half is inverted without regularisation; their FSC (of the halves times `mask`, an (n, n, n)
+    real-space mask, when given) gives the SSNR of each shell; the full map (and each half map, with
+    its own SSNR) is then the regularised inversion (module doc). Under `torchrun` each rank inserts
+    its share of each half and the inserted data are summed (`cryoinverse.distributed`).
     """
     count, n = images.shape[0], images.shape[-1]
     if count < 2:
         raise ValueError(f"a reconstruction needs at least 2 images (two half sets); got {count}")
     if rotations.shape != (count, 3, 3):
         raise ValueError(f"rotations must be ({count}, 3, 3); got {tuple(rotations.shape)}")
-    split = split_halves(count, seed)
+    if split is None:
+        split = split_halves(count, seed)
+    elif len(split) != 2 or min(len(s) for s in split) < 1:
+        raise ValueError("split must be two non-empty sets of image indices")
+    mine = [share(indices) for indices in split]
     parts = []
-    with progress(count, "reconstruct") as update:
-        for indices in split:
+    with progress(sum(len(m) for m in mine), "reconstruct") as update:
+        for indices in mine:
             part = Insertion(n, pixel_size, oversampling)
             for chunk in indices.split(batch):
                 part.add(images[chunk], rotations[chunk], None if shifts is None else shifts[chunk],
                          None if ctf is None else (ctf if len(ctf) == 1 else ctf[chunk]), ctf_premultiplied)
                 update(len(chunk))
+            sum_(part.data), sum_(part.weight)
+            part.count = int(len(split[len(parts)]))
             parts.append(part)
     raw = [p.solve(None) for p in parts]
+    if mask is not None:
+        raw = [r * mask.to(r) for r in raw]
     curve = fourier_shell_correlation(raw[0], raw[1]).to(torch.float64).clamp(min=0.0, max=FSC_CEILING)
     ssnr_half = curve / (1 - curve)
     whole = parts[0] + parts[1]

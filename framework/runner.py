@@ -17,7 +17,7 @@ from pathlib import Path
 from .chunked import run_chunked
 from .components import TakesPoses
 from .devices import resolve_device
-from .engine import RunResult, call_prepare, check_half_maps, execute, for_voxel_size, report_header, resolve_sampler
+from .engine import RunResult, _section, call_prepare, check_half_maps, execute, for_voxel_size, report_header, resolve_sampler
 from .errors import DataError
 from .mrc import write_volume
 from .outputs import check_outputs, write_fsc_csv, write_fsc_plot, write_json

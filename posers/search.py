@@ -139,6 +139,10 @@ class Search:
         True, help="correlation score: rescale the map's shells so its projections have the images' signal spectrum (blurred, sharpened or regularised maps then score as well as the true one)"
     )
     memory_gb: float = param(1.0, help="rough bound on the working memory of one batch of images, GB", validator=positive)
+    local_step: float | None = param(None, help="from given poses: angular step of the first local round, degrees (default: half the grid spacing)", validator=positive)
+    local_shift_range: float | None = param(
+        None, help="from given poses: shifts searched within this many Å of each given shift in the first round (default: all of shift_range)", validator=non_negative
+    )
 
     _stack: ImageSpectrum | None = attrs.field(default=None, init=False, repr=False)
 
@@ -184,6 +188,9 @@ class Search:
         count = math.ceil(self.shift_range / coarse_step - 1e-9) if self.shift_range > 0 else 0
         coarse_step = self.shift_range / count if count else 0.0
         limit = self.shift_range / pixel_size
+        local_count = count
+        if self.local_shift_range is not None and count:
+            local_count = min(count, math.ceil(self.local_shift_range / coarse_step - 1e-9))
         rotations, scores, shifts = [], [], []
         for sl in self._batches(n_img, n, (2 * count + 1) ** 2):
             imgs = images[sl]
@@ -194,13 +201,14 @@ class Search:
             else:
                 rot = init.rotations[sl].to(torch.float64)[:, None]
                 best_shift = init.shifts[sl].to(torch.float64) / pixel_size
-                candidates = lambda r, k: local_grid(r.reshape(-1, 3, 3), spacing / 2 ** (k + 1)).reshape(*r.shape[:2], -1, 3, 3)  # noqa: E731
+                first = self.local_step if self.local_step is not None else spacing / 2
+                candidates = lambda r, k: local_grid(r.reshape(-1, 3, 3), first / 2**k).reshape(*r.shape[:2], -1, 3, 3)  # noqa: E731
             score = None
             step = coarse_step / pixel_size / 2 if count else 0.5
             for k, resolution in enumerate(resolutions[1:]):
                 cand = candidates(rot, k).reshape(rot.shape[0], -1, 3, 3)
                 # from given poses the first round also searches the whole shift range
-                offsets = _offsets(count, coarse_step / pixel_size, images.device) if (init is not None and k == 0) else _offsets(1, step, images.device)
+                offsets = _offsets(local_count, coarse_step / pixel_size, images.device) if (init is not None and k == 0) else _offsets(1, step, images.device)
                 keep = max(1, self.keep >> (k + 1))
                 rot, score, best_shift = self._local(sampler, imgs, c, pixel_size, resolution, cand, best_shift, offsets, limit, keep)
                 step /= 2

@@ -44,14 +44,20 @@ def poses(
     from ..poses import pose_metrics
     from ..poses_io import checkpoint_path, estimate_star_poses, median_score, read_poses_star, write_sky_map
     from ..devices import resolve_device
+    from ..distributed import world
     from ..specs import component_from_params
     from ..star import particle_block, read_star
 
+    rank, size = world()  # under torchrun: join the other ranks (each estimates a share of the images)
     partial = checkpoint_path(out)
     check_outputs_and_checkpoint([p for p in (out, plot_path) if p], partial, resume, overwrite)
     check_datadir(datadir)
     poser = component_from_params("poser", poser_name, params)
     torch_device = resolve_device(device)
+    if size > 1 and torch_device.type == "cuda":  # one GPU per rank
+        import torch
+
+        torch_device = torch.device("cuda", torch.cuda.current_device())
     volume = read_volume(map_path)
     known = None
     if truth is not None:  # checked before the long work: the same rows
@@ -62,7 +68,7 @@ def poses(
             raise DataError(f"{truth}: has {len(known)} particle rows but {particles} has {rows}; the truth needs the same rows in order")
     try:
         done = estimate_star_poses(
-            particles, volume, out, poser, chunk, resume, resample, ctf, pixel_size, torch_device, progress=silent if quiet or as_json else bar,
+            particles, volume, out, poser, chunk, resume, resample, ctf, pixel_size, torch_device, progress=silent if quiet or as_json or rank else bar,
             datadir=datadir,
         )
     except DataError as exc:
@@ -72,6 +78,8 @@ def poses(
     except KeyboardInterrupt:
         where = f"; --resume continues from {partial}" if partial.exists() else ""
         raise click.ClickException(f"interrupted{where}") from None
+    if rank:
+        return  # rank 0 writes and reports
     found, stack = done.poses, done.stack
     written = [done.path]
     if plot_path is not None:

@@ -89,3 +89,30 @@ def particle_stack(star: Path, pixel_size: float | None, ctf: bool, datadir: Pat
     if ctf and "rlnDefocusU" in stack.table:
         stack = attrs.evolve(stack, ctf=CTFParams.from_star(stack.table, where=str(star)))
     return stack
+
+
+def save_checkpoint(path: Path, key: str, state: dict) -> None:
+    """`state` (tensors, numbers, strings, lists and dicts of them) saved atomically with `key`, the fingerprint of its run."""
+    import torch
+
+    from ..mrc import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, **state}, tmp)
+
+
+def load_checkpoint(path: Path, key: str) -> dict:
+    """The state saved in checkpoint `path` by `save_checkpoint` (without its key); DataError when it is
+    unreadable or was made by a run with other inputs or settings (another `key`). Loads no pickled code."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}); delete it or pass --overwrite to start again") from None
+    if saved.get("key") != key:
+        raise DataError(f"{path}: the checkpoint was made with other inputs or settings; rerun with the same ones, or with --overwrite to start again")
+    saved.pop("key")
+    return saved
