@@ -28,7 +28,7 @@ from cryoinverse.engine import execute
 from cryoinverse.metrics import auc_fsc, fsc, resolution_at
 from cryoinverse.projection import project_fourier
 from cryoinverse.rotations import random_rotations
-from cryoinverse.specs import TaskSpec, component_from_params
+from cryoinverse.specs import Inputs, TaskSpec, component_from_params
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -49,7 +49,7 @@ def reconstruct_views(images: torch.Tensor, pixel: float, prior: str, rotations:
         sampler = component_from_params("sampler", "flow-posterior-euler", (f"steps={steps}",))
         poser = None
     spec = TaskSpec(prior=component_from_params("prior", prior, ()), sampler=sampler, operators=[op], poser=poser, seed=seed,
-                    device="cpu", check_halves=False)
+                    device="cpu", check_halves=False, inputs=Inputs(box=images.shape[-1], voxel_size=pixel))
     run = execute(spec)
     found = run.poses.get(0)
     return run.volume.data.double(), None if found is None else found.rotations

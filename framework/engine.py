@@ -246,10 +246,10 @@ def _poses_from_sampler(spec: TaskSpec, unknown: list[int]) -> tuple[dict[int, P
     found, warnings_ = {}, []
     for i in unknown:
         op = spec.operators[i]
-        if op.needs_poser():
-            warnings_.append(f"[{_section(spec, i)}] {op.name}: sampler {spec.sampler.name!r} left no poses; none are written")
-        elif len(unknown) == 1 and sampled:
+        if len(unknown) == 1 and sampled:  # the sampler's own record (it may leave the operator as it was given)
             found[i] = sampled[0]
+        elif op.needs_poser():
+            warnings_.append(f"[{_section(spec, i)}] {op.name}: sampler {spec.sampler.name!r} left no poses; none are written")
         else:
             found[i] = Poses(op.rotations, op.shifts)
     return found, warnings_

@@ -11,7 +11,7 @@ import torch
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.particles import read_particle_stack
-from cryoinverse.poses import pose_metrics
+from cryoinverse.poses import Poses, pose_metrics
 from cryoinverse.poses_io import read_poses_star
 from cryoinverse.runner import execute, run_task
 from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
@@ -128,3 +128,36 @@ def test_a_sampler_that_searches_poses_gets_the_poser_and_its_poses_are_written(
     assert result.report["poses"][0]["estimated_by"] == "searching-test"
     assert any("initial_map was not used" in w for w in result.report["warnings"])
     torch.testing.assert_close(read_poses_star(tmp_path / "out" / "restored_poses.star").rotations, torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+
+
+@attrs.define
+class RecordingSampler(FlowPosteriorEuler):
+    """A pose-searching sampler as `flow-posterior-posesearch` is: its poses in `poses`, the operator left as given."""
+
+    name: ClassVar[str] = "recording-test"
+    searches_poses: ClassVar[bool] = True
+    _poses: list = attrs.field(factory=list, init=False, repr=False)
+
+    @property
+    def poses(self) -> list:
+        return list(self._poses)
+
+    def prepare(self, ctx):
+        pass
+
+    def run(self, prior, likelihood, init, generator=None, progress=None):
+        n = likelihood.observations[0].operator.n_images
+        turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        self._poses = [Poses(turn.expand(n, 3, 3).clone(), scores=torch.full((n,), 0.5))]
+        return torch.zeros_like(init)
+
+
+def test_poses_a_sampler_records_are_written_though_it_leaves_the_operator_as_given(tmp_path):
+    simulate_stack(tmp_path, count=3)
+    spec = load_spec(task(tmp_path))
+    spec.sampler = RecordingSampler(steps=1)
+    result = run_task(spec)
+    assert result.report["poses"][0]["estimated_by"] == "recording-test"
+    assert not any("left no poses" in w for w in result.report["warnings"])
+    written = read_poses_star(tmp_path / "out" / "restored_poses.star").rotations
+    torch.testing.assert_close(written[:, 0, 1], torch.full((3,), -1.0, dtype=torch.float64))
