@@ -70,6 +70,7 @@ class AbInitio:
     shift_range: float = param(8.0, help="largest in-plane shift searched, Å", validator=positive)
     mask_radius: float = param(0.45, help="radius of the soft spherical mask, as a fraction of the box", validator=positive)
     seed: int = param(0, help="random seed of the starts and the image subsets")
+    memory_gb: float = param(1.0, help="rough bound on the working memory of one batch of the pose search, GB", validator=positive)
     classes: int = param(1, help="maps made at once; each image goes to the class whose map it fits best (its search score)", validator=positive)
 
     def schedule(self) -> list[float]:
@@ -188,7 +189,7 @@ def run_abinitio(
         pixel, box, small, filters = working(resolution)
         take = subset(iteration, start, final)
         search = Search(level=settings.level, refinements=settings.refinements, shift_range=settings.shift_range,
-                        start_resolution=max(resolution, 2.5 * pixel), final_resolution=max(resolution, 2 * pixel))
+                        start_resolution=max(resolution, 2.5 * pixel), final_resolution=max(resolution, 2 * pixel), memory_gb=settings.memory_gb)
         chosen = None if filters is None else filters[take]
         search = search.with_stack_statistics(search.stack_statistics(small[take], chosen))  # the same on every rank
         mine = share(take)  # under torchrun: this rank's images

@@ -30,6 +30,7 @@ HAND_NOTE = (
 @click.option("--prior", default=None, help="after the start is chosen, restore each iteration's map with this registered prior's flow posterior (e.g. cryofm; default: none, the Wiener filter of the half sets' SSNR)")
 @click.option("--prior-param", "prior_params", multiple=True, metavar="FIELD=VALUE", help="field of the --prior (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the starts and the image subsets")
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rough bound on the working memory of one batch of the pose search, GB")
 @click.option("--ctf/--no-ctf", default=True, help="use each image's CTF when the STAR file has CTF columns  [default: --ctf]")
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="image pixel size in Å, overriding the STAR file and the stack headers")
 @click.option("--datadir", type=click.Path(file_okay=False, path_type=Path), help="folder to look for the image stacks of rlnImageName in first (as RELION's --datadir)")
@@ -39,7 +40,7 @@ HAND_NOTE = (
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def abinitio(
     particles: Path, out_dir: Path, resolution: float, start_resolution: float, iterations: int, starts: int, batch: int,
-    shift_range: float, classes: int, prior: str | None, prior_params: tuple[str, ...], seed: int, ctf: bool, pixel_size: float | None, datadir: Path | None, resume: bool, as_json: bool,
+    shift_range: float, classes: int, prior: str | None, prior_params: tuple[str, ...], seed: int, memory_gb: float, ctf: bool, pixel_size: float | None, datadir: Path | None, resume: bool, as_json: bool,
     overwrite: bool, quiet: bool,
 ) -> None:
     """A map from particle images with no map to start from: projection matching from random poses, the frequency limit rising."""
@@ -75,8 +76,8 @@ def abinitio(
         raise click.BadParameter(f"{resolution:g} Å is finer than the images' Nyquist ({nyquist:g} Å)", param_hint="--resolution")
     settings = AbInitio(resolution=resolution, start_resolution=start_resolution, iterations=iterations, starts=starts,
                         trial_iterations=min(AbInitio().trial_iterations, iterations), batch=batch, shift_range=shift_range, seed=seed,
-                        classes=classes)
-    key = json.dumps(fingerprint({"images": stack.images, "pixel_size": stack.pixel_size, "ctf": stack.ctf, "settings": attrs.asdict(settings),
+                        classes=classes, memory_gb=memory_gb)
+    key = json.dumps(fingerprint({"images": stack.images, "pixel_size": stack.pixel_size, "ctf": stack.ctf, "settings": attrs.asdict(settings, filter=lambda a, v: a.name != "memory_gb"),
                                   "prior": prior, "prior_params": list(prior_params)}), sort_keys=True)
     state = None
     if resume and partial.exists():
