@@ -14,6 +14,7 @@ projections (30 px, 1 Å, shifted, no CTF) of its toy map, and the 100 projectio
 
   python bench/abinitio.py                                  # 3 models, 1000 images of 64 px at 2 Å, SNR 1 and 0.1
   python bench/abinitio.py --maps 1 --images 300 1000 --snr 1
+  python bench/abinitio.py --maps 0 --refine plain cryofm --no-peer      # the complex, refined without and with the learned prior
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[1000], help="stack sizes")
     parser.add_argument("--snr", type=float, nargs="*", default=[1.0, 0.1], help="signal-to-noise ratios (0: no noise)")
     parser.add_argument("--no-peer", action="store_true", help="leave out cryoDRGN's toy and hand stacks")
+    parser.add_argument("--no-complex", action="store_true", help="leave out the 4-chain complex")
     parser.add_argument("--seed", type=int, default=1, help="seed of the stacks")
     parser.add_argument("--refine", nargs="*", default=[], choices=["plain", "cryofm"],
                         help="also refine each ab initio result (plain; cryofm: references regularised by the learned prior), "
@@ -116,7 +118,8 @@ def main() -> None:
     poses_bench = _poses_bench()
     ids = [ln.strip() for ln in (HERE / "default_prior_heldout.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     maps = [(model, lambda m=model: _simulate(m, args.box, args.pixel)) for model in ids[: args.maps]]
-    maps.append((f"complex of {', '.join(ids[:4])}", lambda: _complex(ids[:4], args.box, args.pixel, args.seed)))
+    if not args.no_complex:
+        maps.append((f"complex of {', '.join(ids[:4])}", lambda: _complex(ids[:4], args.box, args.pixel, args.seed)))
     for model, make in maps:
         volume = make()
         chance = _chance(volume, args.pixel)

@@ -142,11 +142,23 @@ class FastAR(nn.Module):
 def planar_loss(
     maps: torch.Tensor, confidence: torch.Tensor, target: torch.Tensor, alpha: float = 0.2,
     shifts: torch.Tensor | None = None, target_shifts: torch.Tensor | None = None, shift_weight: float = 1.0,
+    hand_aware: bool = False,
 ) -> torch.Tensor:
     """mean of c |P - P*|^2 - alpha log c (the reference view, whose planar map is fixed, included),
-    plus shift_weight times the mean |s - s*|^2 in quarter images when shifts are given."""
+    plus shift_weight times the mean |s - s*|^2 in quarter images when shifts are given.
+
+    `hand_aware`: each set (first axis) scores the smaller of its losses against P* and against P* with
+    its z components negated, the planar maps of the mirror map's poses J R J (J = diag(1, 1, -1)): a
+    set of projections fits a map and its mirror equally, so a plain loss has two right answers and is
+    least near their average (z = 0), from which no rotation follows."""
     err = (maps - target).square().sum(dim=-1)
-    loss = (confidence * err - alpha * torch.log(confidence)).mean()
+    if hand_aware:
+        mirrored = target * torch.tensor([1.0, 1.0, -1.0], dtype=target.dtype, device=target.device)
+        err_m = (maps - mirrored).square().sum(dim=-1)
+        per_set = lambda e: (confidence * e - alpha * torch.log(confidence)).flatten(1).mean(dim=1)  # noqa: E731
+        loss = torch.minimum(per_set(err), per_set(err_m)).mean()
+    else:
+        loss = (confidence * err - alpha * torch.log(confidence)).mean()
     if shifts is not None and target_shifts is not None:
         unit = SHIFT_UNIT * maps.shape[-2]
         loss = loss + shift_weight * ((shifts - target_shifts) / unit).square().sum(dim=-1).mean()

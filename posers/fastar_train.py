@@ -10,12 +10,14 @@ variance var(image) / SNR, SNR log-uniform per set.
 
 The target of view i is its Fourier planar map in view 0's frame (`cryoinverse.planar`), which
 depends on the rotations only, and its shift (pixels), which the translation head predicts.
-Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR).
+Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR), with `hand_aware` the
+smaller of each set's losses against its two hands (the map's and its mirror's planar maps).
 
 Progressive schedule (CryoFastAR section "progressive training"), in fractions of `steps`:
-- until `clean_until`: 2 views, clean projections (stage 1), of the first `stage1_maps` maps
-  only (CryoFastAR starts from one molecule; 0: all maps);
-- views then rise linearly from 2 to `views`, reached at `views_full`;
+- until `clean_until`: `min_views` views (3: two views leave the angle about their common line
+  free), clean projections (stage 1), of the first `stage1_maps` maps only (CryoFastAR starts from
+  one molecule; 0: all maps);
+- views then rise linearly from `min_views` to `views`, reached at `views_full`;
 - noise starts at `noise_from`; the lowest SNR drawn falls log-linearly from `snr_max` to
   `snr_min`, reached at `noise_full`;
 - the CTF is applied from `ctf_from` (with `--ctf`).
@@ -27,7 +29,8 @@ clipping, an EMA of the weights (saved as the poser). Checkpoints (`checkpoint.p
 optimiser, generator state, step, config) every `checkpoint_every` steps and at the end, written
 atomically; rerunning with the same `--out` resumes from it, bit-identically on the same device.
 `log.jsonl` gets step, mean loss, median rotation error (degrees; weighted Kabsch of the
-predicted maps vs the true R_i R_0^T, views 1.. of the batch), median shift error (pixels, all
+predicted maps vs the true R_i R_0^T, views 1.. of the batch, each set after the better of its two
+hands), median shift error (pixels, all
 views), views, SNR floor, CTF, lr, time.
 Output: `poser.safetensors` (EMA weights) + `poser.json` (arch, network config, voxel size,
 training settings, maps); `load_poser` rebuilds the network from them.
@@ -89,6 +92,8 @@ class PoserTrainConfig:
     noise_from: float = param(0.2, help="fraction of the steps from which noise is added", validator=_fraction)
     noise_full: float = param(0.7, help="fraction of the steps at which the lowest SNR drawn reaches --snr-min", validator=_fraction)
     ctf_from: float = param(0.3, help="fraction of the steps from which the CTF is applied", validator=_fraction)
+    hand_aware: bool = param(True, help="each set's loss is the smaller of its two hands' (a set of projections fits a map and its mirror alike)")
+    min_views: int = param(3, help="views per set at the start of the schedule (two views leave the angle about their common line free)", validator=positive)
     seed: int = param(0, help="random seed")
     device: str = param("auto", help="auto, cpu or cuda[:N]")
     checkpoint_every: int = param(500, help="steps between checkpoints", validator=positive)
@@ -118,9 +123,10 @@ def stage_at(step: int, cfg: PoserTrainConfig) -> Stage:
             return 1.0
         return max(0.0, (t - start) / (end - start)) if end > start else 0.0
 
+    first = min(cfg.min_views, cfg.views)
     if t < cfg.clean_until:
-        return Stage(views=min(2, cfg.views), snr_floor=math.inf, ctf=False, maps=cfg.stage1_maps)
-    views = min(2, cfg.views) + round(ramp(cfg.clean_until, cfg.views_full) * max(0, cfg.views - 2))
+        return Stage(views=first, snr_floor=math.inf, ctf=False, maps=cfg.stage1_maps)
+    views = first + round(ramp(cfg.clean_until, cfg.views_full) * max(0, cfg.views - first))
     floor = math.inf
     if _noise_on(cfg) and t >= cfg.noise_from:
         lo, hi = math.log(min(cfg.snr_min, cfg.snr_max)), math.log(cfg.snr_max)
@@ -196,7 +202,11 @@ def _median_rotation_error(maps: torch.Tensor, confidence: torch.Tensor, rotatio
     with torch.no_grad():
         found = rotations_from_planar_maps(maps[:, 1:].reshape(b * (v - 1), *maps.shape[2:]).double(), confidence[:, 1:].reshape(b * (v - 1), *confidence.shape[2:]).double())
     truth = (rotations[:, 1:] @ rotations[:, :1].transpose(-1, -2)).reshape(-1, 3, 3)
-    return float(geodesic_distance(found.cpu(), truth).median())
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=truth.dtype))
+    plain = geodesic_distance(found.cpu(), truth).reshape(b, v - 1)
+    mirrored = geodesic_distance(found.cpu(), mirror @ truth @ mirror).reshape(b, v - 1)
+    better = torch.where((plain.median(dim=1).values <= mirrored.median(dim=1).values)[:, None], plain, mirrored)  # per set
+    return float(better.median())
 
 
 def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, progress=None, stop_after: int | None = None) -> Path:
@@ -223,7 +233,8 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
         target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
         with autocast:
             pred, confidence, pred_shifts = model(images.to(device))
-        loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight)
+        loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight,
+                           hand_aware=cfg.hand_aware)
 
         def fields() -> dict:
             return {

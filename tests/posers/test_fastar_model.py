@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cryoinverse.planar import planar_maps, plane_coordinates, rotations_from_planar_maps, weighted_kabsch
@@ -68,3 +69,21 @@ def test_a_tiny_network_overfits_a_tiny_set():
     # it has converged: measured 0.1-1.0 degrees over 4 seeds x 1 and 2 threads, a tenth of the bound.
     assert losses[-1] < losses[0] / 4
     assert before > 90.0 and after < 10.0
+
+
+def test_the_hand_aware_loss_scores_the_mirror_answer_as_right():
+    """Planar maps of the mirror map's poses (z negated) with confidence 1: the hand-aware loss is exactly
+    zero (-alpha log 1), the plain loss the squared z error; a set's loss is the smaller of its two hands."""
+    from cryoinverse.planar import planar_maps
+    from cryoinverse.posers.fastar_model import planar_loss
+    from cryoinverse.rotations import random_rotations
+
+    rotations = random_rotations(2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 3, 3)
+    target = torch.stack([planar_maps(r, 16) for r in rotations]).float()
+    mirrored = target * torch.tensor([1.0, 1.0, -1.0])
+    ones = torch.ones(target.shape[:-1])
+    assert float(planar_loss(mirrored, ones, target, hand_aware=True)) == 0.0
+    plain = float(planar_loss(mirrored, ones, target))
+    assert plain == pytest.approx(float((2 * target[..., 2]).square().mean()), rel=1e-5) and plain > 0
+    mixed = torch.stack([target[0], mirrored[1]])  # one set in each hand
+    assert float(planar_loss(mixed, ones, target, hand_aware=True)) == 0.0

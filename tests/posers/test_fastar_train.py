@@ -30,10 +30,11 @@ def _cfg(maps, out, **kw) -> PoserTrainConfig:
     return PoserTrainConfig(**{**base, **kw})
 
 
-def test_schedule_starts_with_two_clean_views_and_ends_with_everything(maps, tmp_path):
+def test_schedule_starts_with_three_clean_views_and_ends_with_everything(maps, tmp_path):
     cfg = _cfg(maps, tmp_path, steps=100, views=8)
     first, last = stage_at(0, cfg), stage_at(99, cfg)
-    assert (first.views, first.snr_floor, first.ctf) == (2, math.inf, False)
+    assert (first.views, first.snr_floor, first.ctf) == (3, math.inf, False)
+    assert stage_at(0, _cfg(maps, tmp_path, steps=100, views=8, min_views=2)).views == 2
     assert last.views == 8 and last.ctf and last.snr_floor == pytest.approx(cfg.snr_min)
     views = [stage_at(s, cfg).views for s in range(100)]
     assert views == sorted(views)  # never fewer views later
