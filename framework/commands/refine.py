@@ -76,7 +76,8 @@ def refine(
         from ..posers.search import Search
 
         echo(f"{particles.name} has no angles: a global search against the map low-passed at {initial_resolution:g} Å gives the starting poses")
-        search = Search(shift_range=shift_range, start_resolution=max(initial_resolution, 2.5 * stack.pixel_size), memory_gb=memory_gb)
+        limit = max(initial_resolution, 2.5 * stack.pixel_size)  # no finer: the halves must not start from poses fitted to one map's noise
+        search = Search(shift_range=shift_range, start_resolution=limit, final_resolution=limit, memory_gb=memory_gb)
         from ..ctf import ctf_grid
 
         filters = None if stack.ctf is None else ctf_grid(stack.ctf, stack.box, stack.pixel_size).expand(len(stack), stack.box, stack.box).float()

@@ -176,3 +176,15 @@ def test_the_command_resumes_where_it_stopped_and_refuses_changed_settings(tmp_p
     assert resumed.exit_code == 0, resumed.stderr
     assert torch.equal(read_volume(tmp_path / "out" / "map.mrc").data, read_volume(tmp_path / "whole" / "map.mrc").data)
     assert not (tmp_path / "out" / "refine.partial.pt").exists()
+
+
+def test_a_stack_without_angles_starts_from_a_global_search(tmp_path):
+    from cryoinverse.poses_io import read_poses_star
+
+    data = simulate_stack(tmp_path, count=40)
+    out = tmp_path / "refined"
+    result = invoke("refine", data["particles"], "--map", data["map"], "--out-dir", out, "--initial-resolution", "12", "--iterations", "2")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "report.json").read_text())["starting_poses"] == "global search"
+    errors = rotation_errors(read_poses_star(out / "poses.star").rotations, read_poses_star(data["truth"]).rotations, False)
+    assert float(errors.median()) < 5.0  # the map is the truth's frame: no alignment
