@@ -12,6 +12,11 @@ Coarse to fine, as cryoDRGN's branch-and-bound search and cryoSPARC's do:
    `start_resolution` to `final_resolution`; the best ones go on (`keep`, halving each round,
    down to 1).
 
+From given poses (`estimate(..., init=poses)`, as `cryoinverse refine` calls it) the global stage is
+skipped: each round searches a 3 x 3 x 3 cube of rotations about the current one, the first at
+`local_step` degrees (default half the grid spacing), and the first round's shifts lie within
+`local_shift_range` Å of each given shift (default the whole `shift_range`).
+
 Only the coefficients inside the limit are computed (`cryoinverse.fourier_slice`): reference
 coefficients are sampled from the volume's padded spectrum, shifts are phase ramps on the image
 coefficients and every (image, rotation, shift) score is one entry of a matrix product, so no
