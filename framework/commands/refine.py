@@ -26,6 +26,7 @@ NAMES = ("map.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.csv", "fsc.png"
 @click.option("--step", type=click.FloatRange(min=0, min_open=True), default=3.75, show_default=True, help="first angular step of the local search, degrees (halving each iteration)")
 @click.option("--shift-range", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True, help="largest in-plane shift, Å")
 @click.option("--local-shift-range", type=click.FloatRange(min=0), default=3.0, show_default=True, help="shifts searched within this many Å of each image's current shift")
+@click.option("--global-iteration", type=click.IntRange(min=0), default=2, show_default=True, help="iteration whose local search is joined by a global one, each image keeping the better pose (0: none)")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the split into two half sets")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rough bound on the working memory of one batch of the pose search, GB")
 @click.option("--ctf/--no-ctf", default=True, help="use each image's CTF when the STAR file has CTF columns  [default: --ctf]")
@@ -37,7 +38,7 @@ NAMES = ("map.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.csv", "fsc.png"
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def refine(
     particles: Path, map_path: Path, out_dir: Path, prior: str | None, prior_params: tuple[str, ...], initial_resolution: float,
-    iterations: int, step: float, shift_range: float, local_shift_range: float, seed: int, memory_gb: float, ctf: bool,
+    iterations: int, step: float, shift_range: float, local_shift_range: float, global_iteration: int, seed: int, memory_gb: float, ctf: bool,
     pixel_size: float | None, datadir: Path | None, resume: bool, as_json: bool, overwrite: bool, quiet: bool,
 ) -> None:
     """Gold-standard refinement: two independent half sets, local pose search, the half maps' FSC setting each next frequency limit."""
@@ -66,7 +67,7 @@ def refine(
     if prior is not None:
         component_from_params("prior", prior, prior_params)  # an unknown prior or field fails here, before the images are read
     settings = Refinement(initial_resolution=initial_resolution, iterations=iterations, step=step, shift_range=shift_range,
-                          local_shift_range=local_shift_range, seed=seed)
+                          local_shift_range=local_shift_range, global_iteration=global_iteration, seed=seed)
     stack = particle_stack(particles, pixel_size, ctf, datadir)
     initial, note = _initial_map(map_path, stack.pixel_size, stack.box)
     echo = (lambda line: None) if as_json or quiet or not is_writer() else (lambda line: click.echo(line, err=True))

@@ -188,3 +188,19 @@ def test_a_stack_without_angles_starts_from_a_global_search(tmp_path):
     assert json.loads((out / "report.json").read_text())["starting_poses"] == "global search"
     errors = rotation_errors(read_poses_star(out / "poses.star").rotations, read_poses_star(data["truth"]).rotations, False)
     assert float(errors.median()) < 5.0  # the map is the truth's frame: no alignment
+
+
+def test_images_placed_far_off_are_rescued_by_the_global_search(stack):
+    """A fifth of the images start at random rotations: a local search leaves them there; the global
+    search of the second iteration brings them back (each image keeps the better-scoring pose)."""
+    volume, rotations, shifts, images, ctf = stack
+    start = perturbed(rotations, 3.0, seed=5)
+    lost = torch.arange(0, COUNT, 5)
+    start[lost] = random_rotations(len(lost), torch.Generator().manual_seed(6))
+    runs = {}
+    for at in (0, 2):
+        settings = Refinement(initial_resolution=15.0, iterations=3, rounds=2, global_iteration=at, patience=5)
+        runs[at] = run_refinement(images, PIXEL, volume.float(), Poses(start, shifts=shifts), ctf, settings)
+    far = {at: float((rotation_errors(r.poses.rotations[lost], rotations[lost], False) > 10).double().mean()) for at, r in runs.items()}
+    assert far[0] > 0.8 and far[2] < 0.2
+    assert runs[2].history[1]["global_search_kept"] >= 0.8 * len(lost) and "global_search_kept" not in runs[0].history[1]
