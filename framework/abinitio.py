@@ -104,19 +104,30 @@ def working_pixel(pixel_size: float, n: int, resolution: float) -> tuple[float, 
     return extent / box, box
 
 
-def _lowpass_and_mask(volume: torch.Tensor, pixel_size: float, resolution: float, radius: float) -> torch.Tensor:
-    """`volume` low-passed at `resolution` Å (cosine edge one shell wide) and multiplied by a soft sphere."""
-    n = volume.shape[-1]
-    r = shell_index(n, volume.device).to(torch.float64)
-    cut = n * pixel_size / resolution
-    edge = torch.clamp((r - cut) + 0.5, 0.0, 1.0)
-    weight = 0.5 * (1 + torch.cos(math.pi * edge))
-    smooth = ifftn(fftn(volume.to(torch.float64)) * weight).real
+def soft_sphere(n: int, radius: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A sphere of `radius` (fraction of the box) with a raised-cosine edge 0.05 of the box wide, (n, n, n)."""
     c = torch.arange(n, dtype=torch.float64) - n // 2
     z, y, x = torch.meshgrid(c, c, c, indexing="ij")
     distance = torch.sqrt(x * x + y * y + z * z) / n
     soft = torch.clamp((radius - distance) / 0.05, 0.0, 1.0)
-    return smooth * (0.5 - 0.5 * torch.cos(math.pi * soft))
+    return (0.5 - 0.5 * torch.cos(math.pi * soft)).to(dtype)
+
+
+def lowpass(volume: torch.Tensor, pixel_size: float, resolution: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`volume` low-passed at `resolution` Å (cosine edge one shell wide), float64; its shells times `weight` (per shell) when given."""
+    n = volume.shape[-1]
+    r = shell_index(n, volume.device).to(torch.float64)
+    edge = torch.clamp((r - n * pixel_size / resolution) + 0.5, 0.0, 1.0)
+    gain = 0.5 * (1 + torch.cos(math.pi * edge))
+    if weight is not None:
+        shells = r.round().long().clamp(max=weight.numel() - 1)
+        gain = gain * weight.to(torch.float64)[shells]
+    return ifftn(fftn(volume.to(torch.float64)) * gain)
+
+
+def _lowpass_and_mask(volume: torch.Tensor, pixel_size: float, resolution: float, radius: float) -> torch.Tensor:
+    """`volume` low-passed at `resolution` Å and multiplied by a soft sphere of `radius` (fraction of the box)."""
+    return lowpass(volume, pixel_size, resolution) * soft_sphere(volume.shape[-1], radius)
 
 
 def run_abinitio(

@@ -398,10 +398,3 @@ def plot_curves(out_dir: Path, rows: list[dict]) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
-
-
-def distributed_rank() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return int(os.environ.get("RANK", "0")), world

@@ -207,14 +207,14 @@ def reconstruct(
     mine = [share(indices) for indices in split]
     parts = []
     with progress(sum(len(m) for m in mine), "reconstruct") as update:
-        for indices in mine:
+        for indices, own in zip(split, mine):
             part = Insertion(n, pixel_size, oversampling)
-            for chunk in indices.split(batch):
+            for chunk in own.split(batch):
                 part.add(images[chunk], rotations[chunk], None if shifts is None else shifts[chunk],
                          None if ctf is None else (ctf if len(ctf) == 1 else ctf[chunk]), ctf_premultiplied)
                 update(len(chunk))
             sum_(part.data), sum_(part.weight)
-            part.count = int(len(split[len(parts)]))
+            part.count = len(indices)  # over all ranks
             parts.append(part)
     raw = [p.solve(None) for p in parts]
     if mask is not None:

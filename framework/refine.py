@@ -43,10 +43,9 @@ from typing import Callable
 import attrs
 import torch
 
-from .abinitio import working_pixel
+from .abinitio import lowpass, soft_sphere, working_pixel
 from .ctf import CTFParams, ctf_grid
 from .distributed import gather_rows, share
-from .fourier import fftn, ifftn, shell_index
 from .metrics import resolution_at
 from .params import non_negative, param, positive
 from .particles import resample_images
@@ -94,27 +93,6 @@ class RefinementResult:
     split: tuple[torch.Tensor, torch.Tensor]
     history: list[dict]
     resolution: float
-
-
-def soft_sphere(n: int, radius: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A sphere of `radius` (fraction of the box) with a raised-cosine edge 0.05 of the box wide, (n, n, n)."""
-    c = torch.arange(n, dtype=torch.float64) - n // 2
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    distance = torch.sqrt(x * x + y * y + z * z) / n
-    soft = torch.clamp((radius - distance) / 0.05, 0.0, 1.0)
-    return (0.5 - 0.5 * torch.cos(math.pi * soft)).to(dtype)
-
-
-def _filtered(volume: torch.Tensor, pixel_size: float, resolution: float, weight: torch.Tensor | None) -> torch.Tensor:
-    """`volume` low-passed at `resolution` Å (cosine edge one shell wide), its shells times `weight` (per shell) when given."""
-    n = volume.shape[-1]
-    r = shell_index(n, volume.device).to(torch.float64)
-    edge = torch.clamp((r - n * pixel_size / resolution) + 0.5, 0.0, 1.0)
-    gain = 0.5 * (1 + torch.cos(math.pi * edge))
-    if weight is not None:
-        shells = r.round().long().clamp(max=weight.numel() - 1)
-        gain = gain * weight.to(torch.float64)[shells]
-    return ifftn(fftn(volume.to(torch.float64)) * gain).real
 
 
 def fsc_weight(curve: torch.Tensor) -> torch.Tensor:
@@ -175,7 +153,7 @@ def run_refinement(
         curve = state["fsc"].to(torch.float64)
         limit, step = state["limit"], state["step"]
     else:
-        start = _filtered(initial_map, pixel_size, max(settings.initial_resolution, nyquist), None)
+        start = lowpass(initial_map, pixel_size, max(settings.initial_resolution, nyquist), None)
         halves, curve = [start, start.clone()], None
         limit, step = max(settings.initial_resolution, nyquist), settings.step
     best = min((h["resolution_A"] for h in history), default=math.inf)
@@ -203,9 +181,9 @@ def run_refinement(
             weight = None if curve is None else fsc_weight(curve)
             if regularize is not None and curve is not None:
                 references = list(regularize(halves[0], halves[1], pixel_size))
-                references = [_filtered(r, pixel_size, limit, None) * mask for r in references]
+                references = [lowpass(r, pixel_size, limit, None) * mask for r in references]
             else:
-                references = [_filtered(h, pixel_size, limit, weight) * mask for h in halves]
+                references = [lowpass(h, pixel_size, limit, weight) * mask for h in halves]
             search = Search(level=2, refinements=settings.rounds, keep=1, shift_range=settings.shift_range,
                             start_resolution=limit, final_resolution=limit, local_step=step, shift_step=max(limit / 8, pixel_size / 2),
                             local_shift_range=settings.local_shift_range, memory_gb=memory_gb)

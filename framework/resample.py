@@ -26,7 +26,7 @@ import torch
 from .errors import DataError
 from .volume import Volume
 
-__all__ = ["resampled_shape", "resample_tensor", "resample_to_shape", "fourier_resample"]
+__all__ = ["resampled_shape", "resample_tensor", "resample_to_shape", "fourier_resample", "fit_box"]
 
 
 def resampled_shape(shape: tuple[int, ...], voxel_size: float, new_voxel_size: float) -> tuple[int, ...]:
@@ -111,3 +111,17 @@ def fourier_resample(volume: Volume, voxel_size: float) -> Volume:
     shape = resampled_shape(volume.shape, volume.voxel_size, voxel_size)
     data = resample_tensor(volume.data.to(torch.float64), shape).to(volume.data.dtype)
     return Volume(data, voxel_size, volume.origin)
+
+
+def fit_box(data: torch.Tensor, n: int) -> torch.Tensor:
+    """Crop or zero-pad a (z, y, x) map about its centre (index s // 2 -> n // 2) to n^3."""
+    for axis in range(3):
+        s = data.shape[axis]
+        if s > n:
+            data = data.narrow(axis, s // 2 - n // 2, n)
+        elif s < n:
+            before = n // 2 - s // 2
+            widths = [0, 0] * 3
+            widths[2 * (2 - axis)], widths[2 * (2 - axis) + 1] = before, n - s - before
+            data = torch.nn.functional.pad(data, widths)
+    return data

@@ -45,13 +45,13 @@ from typing import Callable
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.optim import TrainingRun, config_dict, mixed_precision, save_weights
 from cryoinverse.params import one_of, param, positive
 from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
 from cryoinverse.priors.training import maps_in
+from cryoinverse.resample import fit_box
 
 __all__ = ["PoserTrainConfig", "train_poser", "load_poser", "load_poser_maps", "simulate_sets", "stage_at"]
 
@@ -134,26 +134,11 @@ def stage_at(step: int, cfg: PoserTrainConfig) -> Stage:
     return Stage(views=views, snr_floor=floor, ctf=cfg.ctf and t >= cfg.ctf_from)
 
 
-def _fit_box(data: torch.Tensor, n: int) -> torch.Tensor:
-    """Crop or zero-pad a (z, y, x) map about its centre (index s // 2 -> n // 2) to n^3."""
-    for axis in range(3):
-        s = data.shape[axis]
-        if s > n:
-            start = s // 2 - n // 2
-            data = data.narrow(axis, start, n)
-        elif s < n:
-            before = n // 2 - s // 2
-            widths = [0, 0] * 3
-            widths[2 * (2 - axis)], widths[2 * (2 - axis) + 1] = before, n - s - before
-            data = F.pad(data, widths)
-    return data
-
-
 def load_poser_maps(folder: Path, voxel_size: float, n: int) -> tuple[list[torch.Tensor], list[dict]]:
     """Maps (n, n, n) at `voxel_size`, scaled to unit maximum, and a summary of what went in."""
     maps, summary = [], []
     for path, volume in maps_in(folder, voxel_size):
-        data = _fit_box(volume.data.to(torch.float32), n)
+        data = fit_box(volume.data.to(torch.float32), n)
         peak = float(data.abs().max())
         if not peak > 0:
             raise DataError(f"{path}: the map is zero inside the central {n}^3 box at {voxel_size} A; it cannot be projected")

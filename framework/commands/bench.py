@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
-from ..bench import distributed_rank, format_table, load_bench, merge_parts, plot_curves, read_rows, run_bench, summarize, write_summary
+from ..bench import format_table, load_bench, merge_parts, plot_curves, read_rows, run_bench, summarize, write_summary
+from ..distributed import barrier, world
 
 
 @click.command("bench")
@@ -16,14 +16,14 @@ from ..bench import distributed_rank, format_table, load_bench, merge_parts, plo
 def bench(spec_path: Path, quiet: bool) -> None:
     """Benchmark restoration methods: maps x degradations x methods -> runs.csv, summary table, fsc.png."""
     spec = load_bench(spec_path)
-    rank, world = distributed_rank()
-    echo = (lambda s: None) if quiet else (lambda s: click.echo(f"[rank {rank}] {s}" if world > 1 else s, err=True))
-    run_bench(spec, rank, world, echo)
-    if world > 1:
-        torch.distributed.barrier()
+    rank, size = world()
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(f"[rank {rank}] {s}" if size > 1 else s, err=True))
+    run_bench(spec, rank, size, echo)
+    if size > 1:
+        barrier()
         if rank != 0:
             return
-        merge_parts(spec.out_dir, world)
+        merge_parts(spec.out_dir, size)
     rows = read_rows(spec.out_dir / "runs.csv")
     summary = summarize(rows)
     write_summary(spec.out_dir, summary)

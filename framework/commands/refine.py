@@ -146,7 +146,7 @@ def _initial_map(path: Path, pixel_size: float, box: int):
     import torch
 
     from ..mrc import read_volume
-    from ..resample import fourier_resample
+    from ..resample import fit_box, fourier_resample
 
     volume = read_volume(path)
     if not volume.is_cubic:
@@ -161,12 +161,7 @@ def _initial_map(path: Path, pixel_size: float, box: int):
     n = data.shape[-1]
     if n != box:
         notes.append(f"{'cropped' if n > box else 'padded'} from {n} to {box} voxels")
-        if n > box:
-            lo = n // 2 - box // 2
-            data = data[lo : lo + box, lo : lo + box, lo : lo + box]
-        else:
-            lo = box // 2 - n // 2
-            data = torch.nn.functional.pad(data, (lo, box - n - lo) * 3)
+        data = fit_box(data, box)
     note = f"{path.name}: {', '.join(notes)} to match the images" if notes else ""
     return data.contiguous(), note
 
