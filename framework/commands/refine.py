@@ -52,12 +52,12 @@ def refine(
     from ..outputs import finite, write_fsc_csv, write_fsc_plot, write_json
     from ..particles import write_poses_star
     from ..poses import Poses
-    from ..poses_io import fingerprint
+    from ..poses_io import estimate_in_chunks, fingerprint
     from ..refine import Refinement, prior_regularizer, run_refinement
     from ..specs import component_from_params
     from ..volume import Volume
 
-    rank, size = world()
+    _, size = world()
     outputs = {name: out_dir / name for name in NAMES}
     partial = out_dir / "refine.partial.pt"
     if is_writer():
@@ -79,10 +79,8 @@ def refine(
         echo(f"{particles.name} has no angles: a global search against the map low-passed at {initial_resolution:g} Å gives the starting poses")
         limit = max(initial_resolution, 2.5 * stack.pixel_size)  # no finer: the halves must not start from poses fitted to one map's noise
         search = Search(shift_range=shift_range, start_resolution=limit, final_resolution=limit, memory_gb=memory_gb)
-        from ..ctf import ctf_grid
-
-        filters = None if stack.ctf is None else ctf_grid(stack.ctf, stack.box, stack.pixel_size).expand(len(stack), stack.box, stack.box).float()
-        start = search.estimate(stack.images, initial, stack.pixel_size, filters)
+        start, _ = estimate_in_chunks(search, stack.images, initial, stack.pixel_size, stack.ctf, chunk=len(stack),
+                                      ctf_premultiplied=stack.ctf_premultiplied)
     else:
         start = Poses(stack.rotations, shifts=stack.shifts if stack.shifts is not None else torch.zeros(len(stack), 2, dtype=torch.float64))
     regularize = None if prior is None else prior_regularizer(prior, prior_params, seed=seed)
