@@ -30,7 +30,7 @@ from .components import (
 from .devices import resolve_device
 from .errors import DataError, SpecError
 from .fourier import box_text, grid_shape, reference_edge
-from .metrics import compare
+from .metrics import compare, directional_report
 from .mrc import read_volume
 from .poses import Poses
 from .poses_io import estimate_in_chunks, median_score
@@ -181,9 +181,9 @@ def execute(
     warnings_ += _absurd(mean, observation)
     report["warnings"] = warnings_
     if reference is not None:
-        report["metrics"] = {"restored": compare(mean, reference, mask).as_dict()}
+        report["metrics"] = {"restored": {**compare(mean, reference, mask).as_dict(), "directional": directional_report(mean, reference, reference.voxel_size, mask=mask)}}
         if observation is not None and observation.shape == reference.shape:
-            report["metrics"]["observation"] = compare(observation, reference, mask).as_dict()
+            report["metrics"]["observation"] = {**compare(observation, reference, mask).as_dict(), "directional": directional_report(observation, reference, reference.voxel_size, mask=mask)}
     return RunResult(volume=mean, std=std, report=report, written=[], observation=observation, poses=found)
 
 
@@ -317,6 +317,8 @@ def check_half_maps(
     - `restored`: the FSC between the two halves restored separately (one sample each). Both
       restorations share the prior, so this FSC is an upper bound on the restoration's quality:
       a prior that invents the same density in both halves raises it.
+    - `directional`: both FSCs in cones about x, y and z (`cryoinverse.metrics.directional_report`): a
+      missing wedge or preferred orientations make resolution direction dependent, which one curve hides.
     - `agreement`: per shell, FSC(A restored, input) (A the operator's forward: only what was
       measured, e.g. outside a missing wedge) against the FSC the input itself has with the
       truth, sqrt(2 F / (1 + F)) (F the half-map FSC). A restoration equal to the truth reaches
@@ -350,6 +352,7 @@ def check_half_maps(
             for r, res in zip(range(1, f_in.numel()), resolutions)
         ],
         "overridden_resolutions_A": [n * vs / r for r in overridden],
+        "directional": {"input": directional_report(h1, h2, vs), "restored": directional_report(restored_halves[0], restored_halves[1], vs)},
     }
     warnings_ = []
     if overridden:

@@ -10,6 +10,12 @@ first falls below it (searching from shell 1), linearly interpolated in spatial 
 between the last shell above and the first below; a curve that never falls below reports the
 Nyquist resolution. CryoFM counts a restoration as failed when its FSC-0.5 resolution is
 worse than 30 Angstrom.
+
+Directional FSC (`directional_fsc`, as 3DFSC) is the same sum restricted to the coefficients inside
+a double cone about a direction d: the angle between k and +d or -d at most the cone's half-angle
+(|k . d| >= |k| cos(half-angle); k = 0 belongs to every cone). Directions are unit vectors in
+(z, y, x) order like the arrays; `AXES` names the three axes of the box. Resolution per direction
+follows the rules above on each cone's curve.
 """
 
 from __future__ import annotations
@@ -19,13 +25,18 @@ import math
 import attrs
 import torch
 
-from .fourier import fftn, nyquist, reference_edge, shell_index
+from .fourier import fftn, frequency_grid, nyquist, reference_edge, shell_index
 from .volume import Volume
 
 FAIL_RESOLUTION = 30.0  # Angstrom, CryoFM's fail-rate rule on FSC-0.5
+CONE_ANGLE = 20.0  # degrees, default half-angle of the cones of the directional FSC (3DFSC's)
+AXES = {"x": (0.0, 0.0, 1.0), "y": (0.0, 1.0, 0.0), "z": (1.0, 0.0, 0.0)}  # (z, y, x) unit vectors
 
 __all__ = [
     "fsc",
+    "directional_fsc",
+    "directional_resolutions",
+    "directional_report",
     "auc_fsc",
     "resolution_at",
     "real_space_correlation",
@@ -33,6 +44,8 @@ __all__ = [
     "compare",
     "Comparison",
     "FAIL_RESOLUTION",
+    "CONE_ANGLE",
+    "AXES",
 ]
 
 
@@ -40,19 +53,24 @@ def _tensor(x: Volume | torch.Tensor) -> torch.Tensor:
     return x.data if isinstance(x, Volume) else x
 
 
-def fsc(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch.Tensor | None = None) -> torch.Tensor:
-    """FSC curve of shells 0..Nyquist (float64) between two maps of one shape, optionally both times `mask`."""
+def _spectra(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
     ta = _tensor(a).to(torch.float64)
     tb = _tensor(b).to(torch.float64)
     if ta.shape != tb.shape:
         raise ValueError(f"FSC needs maps of one shape; got {tuple(ta.shape)} and {tuple(tb.shape)}")
-    shape = tuple(ta.shape[-3:])
     if mask is not None:
         m = _tensor(mask).to(torch.float64)
         ta, tb = ta * m, tb * m
-    fa, fb = fftn(ta), fftn(tb)
-    idx = shell_index(shape, ta.device).reshape(-1)
+    return fftn(ta), fftn(tb), tuple(ta.shape[-3:])
+
+
+def _shell_fsc(fa: torch.Tensor, fb: torch.Tensor, shape: tuple[int, int, int], select: torch.Tensor | None = None) -> torch.Tensor:
+    """FSC of shells 0..Nyquist over the coefficients where `select` (nz, ny, nx, bool) holds (all where None);
+    a shell without selected coefficients gets NaN."""
+    idx = shell_index(shape, fa.device).reshape(-1)
     keep = idx <= nyquist(shape)
+    if select is not None:
+        keep = keep & select.to(fa.device).reshape(-1)
     idx = idx[keep]
     cross = (fa * fb.conj()).real.reshape(*fa.shape[:-3], -1)[..., keep]
     pa = fa.abs().square().reshape(*fa.shape[:-3], -1)[..., keep]
@@ -64,7 +82,76 @@ def fsc(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch
         return out.index_add_(-1, idx, v)
 
     denom = torch.sqrt(shell_sum(pa) * shell_sum(pb))
-    return torch.where(denom > 0, shell_sum(cross) / denom.clamp(min=1e-300), torch.zeros_like(denom))
+    curve = torch.where(denom > 0, shell_sum(cross) / denom.clamp(min=1e-300), torch.zeros_like(denom))
+    if select is not None:
+        empty = torch.zeros(size, dtype=fa.dtype, device=fa.device).index_add_(0, idx, torch.ones_like(idx, dtype=fa.dtype)) == 0
+        curve = torch.where(empty, torch.full_like(curve, math.nan), curve)
+    return curve
+
+
+def fsc(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch.Tensor | None = None) -> torch.Tensor:
+    """FSC curve of shells 0..Nyquist (float64) between two maps of one shape, optionally both times `mask`."""
+    fa, fb, shape = _spectra(a, b, mask)
+    return _shell_fsc(fa, fb, shape)
+
+
+def cone(shape: tuple[int, int, int], direction: tuple[float, float, float], angle: float) -> torch.Tensor:
+    """(nz, ny, nx) bool: the coefficients within `angle` degrees of the line through 0 along `direction` (z, y, x)."""
+    if not 0.0 < angle <= 90.0:
+        raise ValueError(f"cone half-angle {angle}: degrees in (0, 90] are needed")
+    d = torch.tensor(direction, dtype=torch.float64)
+    if not float(d.norm()) > 0:
+        raise ValueError(f"direction {direction} has no length")
+    d = d / d.norm()
+    kz, ky, kx = frequency_grid(shape)
+    along = (kz * d[0] + ky * d[1] + kx * d[2]).abs()
+    radius = torch.sqrt(kz**2 + ky**2 + kx**2)
+    return along >= radius * math.cos(math.radians(angle)) - 1e-12
+
+
+def directional_fsc(
+    a: Volume | torch.Tensor, b: Volume | torch.Tensor, directions: dict[str, tuple[float, float, float]] | None = None,
+    angle: float = CONE_ANGLE, mask: Volume | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """FSC curves (shells 0..Nyquist, float64) in double cones of half-angle `angle` degrees about each named
+    direction ((z, y, x) vectors; default `AXES`); a shell with no coefficient in a cone is NaN."""
+    fa, fb, shape = _spectra(a, b, mask)
+    return {name: _shell_fsc(fa, fb, shape, cone(shape, d, angle)) for name, d in (directions or AXES).items()}
+
+
+def directional_resolutions(curves: dict[str, torch.Tensor], shape: tuple[int, int, int], voxel_size: float) -> dict[str, dict]:
+    """Per direction: AUC-FSC (over the shells the cone holds), FSC-0.5 and FSC-0.143 resolutions (Angstrom), the curve."""
+    n = reference_edge(shape)
+    out = {}
+    for name, curve in curves.items():
+        held = ~torch.isnan(curve[1:])
+        out[name] = {
+            "auc": float(curve[1:][held].mean()) if bool(held.any()) else math.nan,
+            "resolution_0.5": resolution_at(_bridge(curve), voxel_size, 0.5, n),
+            "resolution_0.143": resolution_at(_bridge(curve), voxel_size, 0.143, n),
+            "curve": [[n * voxel_size / r, float(curve[r])] for r in range(1, curve.shape[-1])],
+        }
+    return out
+
+
+def directional_report(
+    a: Volume | torch.Tensor, b: Volume | torch.Tensor, voxel_size: float, angle: float = CONE_ANGLE, mask: Volume | torch.Tensor | None = None,
+) -> dict:
+    """{"cone_angle": angle, "x": ..., "y": ..., "z": ...}: `directional_resolutions` of the FSC between `a` and `b` about the axes."""
+    shape = tuple(_tensor(a).shape[-3:])
+    return {"cone_angle": angle, **directional_resolutions(directional_fsc(a, b, angle=angle, mask=mask), shape, voxel_size)}
+
+
+def _bridge(curve: torch.Tensor) -> torch.Tensor:
+    """Empty shells (NaN) take the value of the nearest shell below that holds coefficients (shell 0: 1)."""
+    out = curve.clone()
+    last = 1.0
+    for r in range(out.shape[-1]):
+        if math.isnan(float(out[r])):
+            out[r] = last
+        else:
+            last = float(out[r])
+    return out
 
 
 def auc_fsc(curve: torch.Tensor) -> float:

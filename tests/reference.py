@@ -37,3 +37,26 @@ def fsc_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         m = shells == r
         out.append(np.real(np.sum(fa[m] * np.conj(fb[m]))) / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2)))
     return np.array(out)
+
+
+def directional_fsc_np(a: np.ndarray, b: np.ndarray, direction: np.ndarray, angle: float) -> np.ndarray:
+    """Cone FSC by brute force in float64: every coefficient's angle to the line along `direction` (z, y, x)."""
+    shape = a.shape
+    n_ref = max(shape)
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    d = direction / np.linalg.norm(direction)
+    curve = np.full(n_ref // 2 + 1, np.nan)
+    sums = {}
+    for idx in np.ndindex(*shape):
+        k = np.array([np.fft.fftfreq(shape[i])[idx[i]] for i in range(3)])
+        radius = np.linalg.norm(k)
+        r = int(np.round(radius * n_ref))
+        if r > n_ref // 2:
+            continue
+        inside = radius == 0 or np.degrees(np.arccos(min(1.0, abs(k @ d) / radius))) <= angle + 1e-9
+        if inside:
+            c, pa, pb = sums.get(r, (0.0, 0.0, 0.0))
+            sums[r] = (c + (fa[idx] * np.conj(fb[idx])).real, pa + abs(fa[idx]) ** 2, pb + abs(fb[idx]) ** 2)
+    for r, (c, pa, pb) in sums.items():
+        curve[r] = c / np.sqrt(pa * pb)
+    return curve

@@ -22,6 +22,13 @@ def echo_half_maps(report: dict) -> None:
             f"half maps: input FSC-0.143 {halves['input']['resolution_0.143']:.2f} A (AUC {halves['input']['auc']:.3f}); "
             f"restored separately {halves['restored']['resolution_0.143']:.2f} A (AUC {halves['restored']['auc']:.3f})"
         )
+        cones = halves.get("directional")
+        if cones:
+            def axes(which: dict) -> str:
+                return " / ".join(f"{k} {v['resolution_0.143']:.2f}" for k, v in which.items() if k != "cone_angle")
+
+            click.echo(f"  FSC-0.143 about x / y / z (cones of {cones['input']['cone_angle']:g} deg): input {axes(cones['input'])} A; "
+                       f"restored separately {axes(cones['restored'])} A")
     for line in report.get("warnings", []):
         click.echo(f"Warning: {line}", err=True)
 
@@ -57,6 +64,13 @@ def echo_metrics(metrics: dict) -> None:
             f"{name:32s} {m['auc']:8.4f} {m['resolution_0.5']:9.2f} {m['resolution_0.143']:10.2f} "
             f"{m['correlation']:7.4f} {m['rmse']:9.4g} {'yes' if m['failed'] else 'no'}"
         )
+
+
+def echo_directional(cones: dict, cone_angle: float) -> None:
+    """One table line per direction of a directional FSC: AUC-FSC and the FSC-0.5 and 0.143 resolutions."""
+    click.echo(f"{'cone (half-angle ' + format(cone_angle, 'g') + ' deg)':32s} {'AUC-FSC':>8s} {'FSC0.5 A':>9s} {'FSC0.143 A':>10s}")
+    for name, m in cones.items():
+        click.echo(f"{'about ' + name:32s} {m['auc']:8.4f} {m['resolution_0.5']:9.2f} {m['resolution_0.143']:10.2f}")
 
 
 def check_outputs_and_checkpoint(outputs: list[Path], partial: Path, resume: bool, overwrite: bool) -> None:

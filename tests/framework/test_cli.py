@@ -109,6 +109,25 @@ def test_fsc_writes_csv_and_png(cli, maps):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_fsc_directional_gives_each_axis_cone(cli, maps):
+    from cryoinverse.metrics import directional_fsc
+
+    a, b = maps / "observation.mrc", maps / "reference.mrc"
+    csv = maps / "out" / "dfsc.csv"
+    result = invoke(cli, "fsc", a, b, "--directional", "--cone-angle", "30", "--json", "--csv", csv)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)["directional"]
+    assert printed["cone_angle"] == 30.0
+    cones = directional_fsc(read_volume(a), read_volume(b), angle=30.0)
+    rows = np.array([[float(v) for v in line.split(",")] for line in csv.read_text().splitlines()[1:]])
+    assert csv.read_text().splitlines()[0].endswith("fsc_x,fsc_y,fsc_z")
+    for column, axis in enumerate("xyz", start=3):
+        np.testing.assert_allclose([v for _, v in printed[axis]["curve"]], cones[axis][1:].numpy(), atol=1e-12)
+        np.testing.assert_allclose(rows[:, column], cones[axis][1:].numpy(), atol=1e-6)
+    table = invoke(cli, "fsc", a, b, "--directional")
+    assert "about z" in table.output and "half-angle 20 deg" in table.output
+
+
 def test_fsc_of_maps_of_different_boxes_is_a_user_error(cli, maps, write_map, density):
     small = write_map("small.mrc", Volume(density.data[:12, :12, :12], 2.0))
     assert_user_error(invoke(cli, "fsc", maps / "reference.mrc", small), "small.mrc", "(12, 12, 12)")

@@ -16,7 +16,7 @@ from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
 from cryoinverse.samplers.prior import PriorSampler
 from cryoinverse.specs import Outputs, TaskSpec
 from tests.conftest import blob_density
-from tests.reference import fsc_np
+from tests.reference import directional_fsc_np, fsc_np
 
 
 @pytest.fixture
@@ -47,6 +47,12 @@ def test_report_gives_the_half_map_fsc_and_each_half_restored(halves):
     # the FSC the input has with the truth, from the half-map FSC (Rosenthal & Henderson)
     np.testing.assert_allclose([c["fsc_input_vs_truth_expected"] for c in checks["curve"]], np.sqrt(2 * np.clip(want, 0, None) / (1 + np.clip(want, 0, None))), atol=1e-9)
     assert -1 <= checks["restored"]["auc"] <= 1
+    # the same FSC by direction, in cones of 20 degrees about z, y and x
+    for axis, direction in (("z", (1.0, 0, 0)), ("y", (0, 1.0, 0)), ("x", (0, 0, 1.0))):
+        cone = directional_fsc_np(h1.data.double().numpy(), h2.data.double().numpy(), np.array(direction), 20.0)[1:]
+        got = [v for _, v in checks["directional"]["input"][axis]["curve"]]
+        np.testing.assert_allclose(got, cone, atol=1e-9)
+    assert set(checks["directional"]["restored"]) == {"cone_angle", "x", "y", "z"}
     # an exact Gaussian posterior never overrides strong data
     assert checks["overridden_resolutions_A"] == [] and report["warnings"] == []
 
