@@ -160,7 +160,7 @@ class MissingWedge(HalfMapNoise):
             self.tilt_max = DEFAULT_TILTS[1]
         if self.tilt_min >= self.tilt_max:
             raise ValueError(f"tilt_min ({self.tilt_min}) must be below tilt_max ({self.tilt_max})")
-        given = [f for f in NOISE_SOURCES if getattr(self, f) not in (None, False)]
+        given = [f for f in NOISE_SOURCES if getattr(self, f) is not None and getattr(self, f) is not False]  # 0 is a noise level, not absent
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(NOISE_SOURCES)}; got {', '.join(given)}")
         if not given:

@@ -253,6 +253,11 @@ def test_tilt_file_relative_to_the_task_file_and_its_errors(tmp_path, write_map)
 def test_one_noise_source_and_the_old_default():
     assert MissingWedge().noise_variance == 1e-4  # task files that give no noise keep working
     assert MissingWedge(noise_power=[0.1] * 9).noise_variance is None
+    for zero in (0, 0.0):  # noise-free is a noise level (0 == False must not read as "not given")
+        wedge = MissingWedge(noise_variance=zero)
+        assert wedge.noise_variance == 0
+        x = torch.randn(12, 12, 12, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(wedge.simulate(x, torch.Generator().manual_seed(1)), wedge.forward(x[None])[0])
     with pytest.raises(ValueError, match="give only one of noise_variance, noise_power, half_maps, background_noise; got noise_variance, background_noise"):
         MissingWedge(noise_variance=0.1, background_noise=True)
     with pytest.raises(ValueError, match="got noise_power, half_maps"):
