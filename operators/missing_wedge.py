@@ -11,11 +11,19 @@ Maps may have any shape (nz, ny, nx), as tomogram crops do: k is the physical fr
 cycles per voxel (per-axis `fftfreq(nz)`, `fftfreq(ny)`, `fftfreq(nx)`, `cryoinverse.fourier`;
 voxels are cubic), so the wedge has the same angles in space whatever the box.
 
-Tilts. `tilt_min` / `tilt_max` in degrees, or `tilt_file`: an IMOD / Warp `.tlt` or `.rawtlt`
-file (`cryoinverse.tilts.read_tilt_angles`) whose lowest and highest angles set the range. With
-`discrete_tilts` only the planes of the file's angles are measured, each a slab of
+Tilts. `tilt_min` / `tilt_max` in degrees, or `tilt_file`: an IMOD / Warp `.tlt` / `.rawtlt`, an
+AreTomo `.aln` (its aligned TILT column) or a RELION 5 tilt-series or tomograms `.star` file
+(`cryoinverse.tilts.read_tilt_series`; `tomogram` names the tomogram in a file of several) whose
+lowest and highest angles set the range. A RELION tomograms.star row that names half-set
+tomograms (rlnTomoReconstructedTomogramHalf1/2) gives `half_maps` when no other noise is given.
+With `discrete_tilts` only the planes of the file's angles are measured, each a slab of
 `plane_thickness` Fourier samples of the box's longest edge: |k . d_theta| <= plane_thickness /
 (2 n_ref), d_theta the beam direction (beyond the Crowther frequency the planes no longer touch).
+With `dose_limit` as well (a file that gives each tilt's dose, RELION's rlnMicrographPreExposure)
+each plane ends at the frequency its pre-exposure D has destroyed: where D exceeds the optimal
+exposure 2.51284 N_e(k) of Grant & Grigorieff (2015), N_e(k) = 0.245 k^-1.665 + 2.81 e/A^2 (k in
+1/A, measured at 300 kV), i.e. |k| <= ((D / 2.51284 - 2.81) / 0.245)^(-1 / 1.665) (no limit while
+D / 2.51284 <= 2.81); this needs the map's voxel size.
 
 Noise, one of (per coefficient k: E|F(n)_k|^2 = N_k, ortho FFT):
 - `noise_variance`: white, N_k = noise_variance (the default, 1e-4, when nothing else is given);
@@ -49,13 +57,22 @@ from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import read_volume
 from cryoinverse.params import non_negative, one_of, param, positive
 from cryoinverse.spectra import QUIET_FACTOR, background_noise_power, half_map_statistics, spectrum_on_box
-from cryoinverse.tilts import read_tilt_angles
+from cryoinverse.tilts import TiltSeries, read_tilt_series
 from cryoinverse.volume import Volume
 
 DEFAULT_TILTS = (-60.0, 60.0)
 DEFAULT_NOISE_VARIANCE = 1e-4
 NOISE_SOURCES = ("noise_variance", "noise_power", "half_maps", "background_noise")
 TILT_TOLERANCE = 1e-3  # degrees: a tilt_min / tilt_max this close to the tilt file's extreme agrees with it
+OPTIMAL_EXPOSURE = 2.51284  # optimal / critical exposure (Grant & Grigorieff 2015)
+CRITICAL_EXPOSURE = (0.245, -1.665, 2.81)  # N_e(k) = a k^b + c, e/A^2, k in 1/A (300 kV)
+
+
+def dose_limit_frequency(dose: float) -> float:
+    """The highest spatial frequency (1/A) a plane keeps after a pre-exposure of `dose` e/A^2 (inf: all)."""
+    a, b, c = CRITICAL_EXPOSURE
+    excess = dose / OPTIMAL_EXPOSURE - c
+    return math.inf if excess <= 0 else (excess / a) ** (1.0 / b)
 
 
 def _angle(instance, attribute, value: float | None) -> None:
@@ -97,18 +114,27 @@ def wedge_mask(shape: Shape, tilt_min: float, tilt_max: float, axis: str = "y") 
     return measured | on_axis
 
 
-def tilt_planes_mask(shape: Shape, angles: list[float], thickness: float = 1.0, axis: str = "y") -> torch.Tensor:
+def tilt_planes_mask(
+    shape: Shape, angles: list[float], thickness: float = 1.0, axis: str = "y", limits: list[float] | None = None,
+) -> torch.Tensor:
     """Boolean (nz, ny, nx) mask of the coefficients within thickness / (2 n_ref) cycles per voxel of a tilt's plane.
 
     The plane of tilt theta (degrees) is k_z cos theta + k_other sin theta = 0 (see module doc);
     `thickness` is in Fourier samples of the box's longest edge (1 / n_ref cycles per voxel).
+    `limits`: per angle, the largest |k| (cycles per voxel) its plane holds (inf: no limit).
     """
     kz, ky, kx = frequency_grid(shape)
     other = kx if axis == "y" else ky
     half = 0.5 * thickness / reference_edge(shape)
+    radius = torch.sqrt(kz**2 + ky**2 + kx**2)
     out = torch.zeros(kz.shape, dtype=torch.bool)
-    for theta in torch.deg2rad(torch.tensor(sorted(set(angles)), dtype=torch.float64)):
-        out |= (kz * torch.cos(theta) + other * torch.sin(theta)).abs() <= half + 1e-12
+    widest: dict[float, float] = {}  # a repeated angle keeps its least limited plane
+    for angle, limit in zip(angles, limits or [math.inf] * len(angles)):
+        widest[angle] = max(widest.get(angle, 0.0), limit)
+    for angle, limit in sorted(widest.items()):
+        theta = math.radians(angle)
+        plane = (kz * math.cos(theta) + other * math.sin(theta)).abs() <= half + 1e-12
+        out |= plane if math.isinf(limit) else plane & (radius <= limit + 1e-12)
     return out
 
 
@@ -126,8 +152,12 @@ class MissingWedge(HalfMapNoise):
     tilt_min: float | None = param(None, help="lowest tilt angle in degrees (default -60, or the tilt file's lowest)", validator=_angle)
     tilt_max: float | None = param(None, help="highest tilt angle in degrees (default 60, or the tilt file's highest)", validator=_angle)
     tilt_axis: str = param("y", help="tilt axis: y or x", validator=one_of("y", "x"))
-    tilt_file: Path | None = param(None, help="IMOD/Warp .tlt or .rawtlt file (one angle in degrees per line): sets tilt_min and tilt_max")
+    tilt_file: Path | None = param(
+        None, help="tilt series: IMOD/Warp .tlt/.rawtlt, AreTomo .aln (aligned angles) or RELION 5 tilt-series/tomograms .star: sets tilt_min and tilt_max"
+    )
+    tomogram: str | None = param(None, help="with a RELION .star tilt_file holding several tomograms: the rlnTomoName of this one")
     discrete_tilts: bool = param(False, help="measure only the planes of the tilt file's angles, not the whole range between them (needs tilt_file)")
+    dose_limit: bool = param(False, help="with discrete_tilts: each plane ends at the frequency its tilt's pre-exposure destroyed (needs doses in tilt_file)")
     plane_thickness: float = param(1.0, help="with discrete_tilts: thickness of each measured plane, in Fourier samples of the longest edge", validator=positive)
     noise_variance: float | None = param(
         None, help="white noise variance on the measured coefficients (0 = noise-free; 1e-4 when no other noise is given)", validator=non_negative
@@ -141,19 +171,28 @@ class MissingWedge(HalfMapNoise):
     background_fraction: float = param(0.25, help=f"with background_noise: quantile of the cubes' low-pass variance taken as background; cubes up to {QUIET_FACTOR:g} times it are used", validator=_fraction)
 
     _angles: list[float] | None = attrs.field(default=None, init=False, repr=False)
+    _series: TiltSeries | None = attrs.field(default=None, init=False, repr=False)
+    _voxel_size: float | None = attrs.field(default=None, init=False, repr=False)
     _spectrum: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
     _spectrum_edge: int | None = attrs.field(default=None, init=False, repr=False)
     _halves: tuple[Volume, Volume] | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.tilt_file is not None:
-            self._angles = read_tilt_angles(self.tilt_file)
+            self._series = read_tilt_series(self.tilt_file, self.tomogram)
+            self._angles = list(self._series.angles)
             for field, value, extreme in (("tilt_min", self.tilt_min, min(self._angles)), ("tilt_max", self.tilt_max, max(self._angles))):
                 if value is not None and abs(value - extreme) > TILT_TOLERANCE:
                     raise ValueError(f"{field} = {value:g} disagrees with tilt_file {self.tilt_file} ({extreme:g}); give one or the other")
             self.tilt_min, self.tilt_max = min(self._angles), max(self._angles)
         elif self.discrete_tilts:
             raise ValueError("discrete_tilts needs tilt_file (the measured angles)")
+        elif self.tomogram is not None:
+            raise ValueError("tomogram names a tomogram of a RELION tilt_file; give tilt_file")
+        if self.dose_limit and not self.discrete_tilts:
+            raise ValueError("dose_limit needs discrete_tilts (it limits each tilt's plane)")
+        if self.dose_limit and self._series.doses is None:
+            raise ValueError(f"dose_limit: tilt_file {self.tilt_file} gives no doses (RELION's rlnMicrographPreExposure does)")
         if self.tilt_min is None:
             self.tilt_min = DEFAULT_TILTS[0]
         if self.tilt_max is None:
@@ -161,6 +200,8 @@ class MissingWedge(HalfMapNoise):
         if self.tilt_min >= self.tilt_max:
             raise ValueError(f"tilt_min ({self.tilt_min}) must be below tilt_max ({self.tilt_max})")
         given = [f for f in NOISE_SOURCES if getattr(self, f) is not None and getattr(self, f) is not False]  # 0 is a noise level, not absent
+        if not given and self._series is not None and self._series.half_maps is not None:
+            self.half_maps, given = list(self._series.half_maps), ["half_maps"]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(NOISE_SOURCES)}; got {', '.join(given)}")
         if not given:
@@ -184,10 +225,23 @@ class MissingWedge(HalfMapNoise):
         that M F x stays the transform of a real map and F(A x) = M F(x) holds exactly.
         """
         if self.discrete_tilts:
-            m = tilt_planes_mask(shape, self._angles, self.plane_thickness, self.tilt_axis)
+            m = tilt_planes_mask(shape, self._angles, self.plane_thickness, self.tilt_axis, self._plane_limits())
         else:
             m = wedge_mask(shape, self.tilt_min, self.tilt_max, self.tilt_axis)
         return m | _reflected(m)
+
+    def _plane_limits(self) -> list[float] | None:
+        """Per tilt, the largest |k| (cycles per voxel) its dose leaves measured; None without dose_limit."""
+        if not self.dose_limit:
+            return None
+        if self._voxel_size is None:
+            raise SpecError("[operator] dose_limit: the map's voxel size is needed (from its header or [inputs] voxel_size)")
+        return [dose_limit_frequency(d) * self._voxel_size for d in self._series.doses]
+
+    @property
+    def tilt_series(self) -> TiltSeries | None:
+        """The tilt series read from tilt_file (angles, doses, tilt-axis angle, half-set tomograms), or None."""
+        return self._series
 
     def measured_fraction(self, shape: Shape) -> float:
         """Fraction of coefficients measured (1 - missing fraction)."""
@@ -197,6 +251,8 @@ class MissingWedge(HalfMapNoise):
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Estimate the noise from the half maps, or from the observation's background, when asked to."""
+        if ctx.voxel_size:
+            self._voxel_size = ctx.voxel_size
         if self.half_maps is not None and self._halves is None:
             h1, h2 = (read_volume(p) for p in self.half_maps)
             if h1.shape != h2.shape:

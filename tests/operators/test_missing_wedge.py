@@ -228,6 +228,71 @@ def test_discrete_tilts_measure_only_their_planes(tmp_path):
     assert int(extra.sum()) > 0 and float(edge_distance[extra].max()) <= 0.5 + 1e-9
 
 
+def test_dose_limit_ends_each_plane_where_its_dose_destroyed_the_signal(tmp_path):
+    """Tilts -45 and 45 with no dose keep whole planes; tilt 0 after 60 e/A^2 keeps |k| up to the frequency
+    where 60 e/A^2 is the optimal exposure 2.51284 (0.245 k^-1.665 + 2.81) of Grant & Grigorieff (2015)."""
+    from cryoinverse.operators.missing_wedge import dose_limit_frequency
+    from tests.framework.test_tilts import relion_tilt_series
+
+    star = tmp_path / "TS_01.star"
+    star.write_text(relion_tilt_series("TS_01", [-45.0, 0.0, 45.0], None, [0.0, 60.0, 0.0]))
+    op = MissingWedge(tilt_file=star, discrete_tilts=True, dose_limit=True, noise_variance=0.01)
+    with pytest.raises(SpecError, match="dose_limit: the map's voxel size is needed"):
+        op.mask(16)
+    voxel = 4.0
+    op.prepare(PrepareContext(shape=(16, 16, 16), voxel_size=voxel, device=torch.device("cpu")))
+    k_limit = ((60.0 / 2.51284 - 2.81) / 0.245) ** (-1 / 1.665)  # 1/A, solved by hand from the formula
+    assert dose_limit_frequency(60.0) == pytest.approx(k_limit, rel=1e-12)
+    assert dose_limit_frequency(2.51284 * 2.81) == math.inf  # below the critical exposure's floor: no limit
+    n = 16
+    i = np.fft.fftfreq(n) * n
+    iz, iy, ix = np.meshgrid(i, i, i, indexing="ij")
+    radius_a = np.sqrt(iz**2 + iy**2 + ix**2) / (n * voxel)  # 1/A
+    want = (iz == -ix) | (iz == ix) | ((iz == 0) & (radius_a <= k_limit))
+    np.testing.assert_array_equal(op.mask(n).numpy(), want)
+    assert 0 < int(((iz == 0) & ~want).sum())  # the limit cut something on this box
+
+
+def test_dose_limit_and_tomogram_need_what_they_use(tmp_path):
+    with pytest.raises(ValueError, match="dose_limit needs discrete_tilts"):
+        MissingWedge(tilt_file=_tilt_file(tmp_path, [-30, 0, 30]), dose_limit=True)
+    with pytest.raises(ValueError, match=r"dose_limit: tilt_file .*TS_01.tlt gives no doses"):
+        MissingWedge(tilt_file=tmp_path / "TS_01.tlt", discrete_tilts=True, dose_limit=True)
+    with pytest.raises(ValueError, match="tomogram names a tomogram of a RELION tilt_file; give tilt_file"):
+        MissingWedge(tomogram="TS_01")
+
+
+def test_a_relion_tomograms_star_gives_aligned_range_and_half_tomograms_to_a_task(tmp_path, write_map):
+    """The task names tomograms.star and the tomogram: its aligned tilts set the wedge, its half-set tomograms
+    (paths relative to the RELION project) are the odd/even halves: the observation and the noise come from them."""
+    from cryoinverse.runner import execute
+    from tests.framework.test_tilts import relion_project
+
+    star = relion_project(tmp_path)
+    shape = (16, 16, 16)
+    clean = blob_density(16)
+    m = wedge_mask(shape, -50.2, 54.9)
+    g = torch.Generator().manual_seed(3)
+    halves = []
+    for half in (1, 2):
+        noisy = clean.data.double() + 0.05 * torch.randn(shape, generator=g, dtype=torch.float64)
+        halves.append(clean.with_data(ifftn(m * fftn(noisy)).float()))
+        write_map(f"Tomograms/job007/tomograms/rec_TS_01_half{half}.mrc", halves[-1])
+    task = tmp_path / "task.toml"
+    task.write_text(
+        'device = "cpu"\nseed = 0\n[prior]\nkind = "gaussian"\n[sampler]\nkind = "flow-posterior-pseudoinverse"\nsteps = 2\n'
+        '[operator]\nkind = "missing-wedge"\ntilt_file = "Tomograms/job007/tomograms.star"\ntomogram = "TS_01"\n'
+    )
+    spec = load_spec(task)
+    op = spec.operator
+    assert (op.tilt_min, op.tilt_max) == (-50.2, 54.9)  # rlnTomoYTilt, not the nominal -51..54
+    assert op.half_maps == [(tmp_path / "Tomograms/job007/tomograms" / f"rec_TS_01_half{h}.mrc").resolve() for h in (1, 2)]
+    assert op.tilt_series.doses == (30.0, 6.0, 0.0, 3.0, 33.0)
+    report = execute(spec).report
+    assert "half_maps" in report  # the reference-free check of odd/even restorations ran
+    torch.testing.assert_close(op.default_observation().data, 0.5 * (halves[0].data + halves[1].data))
+
+
 def test_tilt_file_relative_to_the_task_file_and_its_errors(tmp_path, write_map):
     (tmp_path / "tilts").mkdir()
     _tilt_file(tmp_path / "tilts", [-54, -51, 0, 51, 57], "TS_01.rawtlt")
