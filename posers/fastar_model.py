@@ -5,7 +5,11 @@ into patch tokens with learned positions. The decoder alternates view-integratio
 view's tokens cross-attend to the reference view's, the first view, which carries a learned
 embedding) and view-update blocks (self-attention within each view). A linear head gives, per
 pixel, the 3D planar-map coordinates (`cryoinverse.planar`) and a confidence c = 1 + exp(s). A
-translation head reads each view's mean token and predicts its in-plane shift. Attention is
+translation head reads each view's mean token and predicts its in-plane shift. With
+`absolute_head`, a training-only head reads each view's mean *encoder* token and predicts the
+view's rotation in its map's own frame (a 6D representation, Gram-Schmidt to a rotation,
+Zhou et al. 2019): supervising it gives the encoder a direct signal of each view's orientation,
+which the relative task alone does not (the reference view's planar map is fixed). Attention is
 `torch.nn.functional.scaled_dot_product_attention`.
 
 The loss is CryoFastAR's (DUSt3R's) confidence-weighted regression,
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 
 from typing import NamedTuple
 
-__all__ = ["FastARConfig", "CONFIGS", "FastAR", "FastAROutput", "planar_loss"]
+__all__ = ["FastARConfig", "CONFIGS", "FastAR", "FastAROutput", "planar_loss", "rotation_from_6d", "absolute_loss"]
 
 SHIFT_UNIT = 0.25  # shifts are predicted in units of a quarter of the image edge
 
@@ -35,6 +39,7 @@ class FastAROutput(NamedTuple):
     maps: torch.Tensor  # (B, V, n, n, 3) planar maps in the reference view's frame
     confidence: torch.Tensor  # (B, V, n, n) >= 1
     shifts: torch.Tensor  # (B, V, 2) in-plane shifts (x, y), pixels; content moved by +shift
+    absolute: torch.Tensor | None = None  # (B, V, 3, 3) each view's rotation in its map's frame (absolute_head only)
 
 
 @attrs.frozen
@@ -48,6 +53,7 @@ class FastARConfig:
     encoder_depth: int = 2  # encoder blocks
     decoder_depth: int = 2  # (view-integration, view-update) pairs
     mlp_ratio: int = 4  # MLP width / token width
+    absolute_head: bool = False  # a training-only head: each view's rotation in its map's frame, from the encoder
 
     def __attrs_post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -113,6 +119,7 @@ class FastAR(nn.Module):
         self.norm = nn.LayerNorm(c.dim)
         self.shift = nn.Linear(c.dim, 2)
         self.head = nn.Linear(c.dim, c.patch * c.patch * 4)
+        self.absolute = nn.Linear(c.dim, 6) if c.absolute_head else None
 
     def forward(self, images: torch.Tensor) -> FastAROutput:
         c = self.config
@@ -125,6 +132,7 @@ class FastAR(nn.Module):
         for block in self.encoder:
             tokens = block(tokens)
         t = tokens.shape[1]
+        absolute = None if self.absolute is None else rotation_from_6d(self.absolute(tokens.mean(dim=1))).reshape(b, v, 3, 3)
         tokens = tokens.reshape(b, v, t, c.dim)
         tokens = tokens + torch.cat([self.reference.expand(b, 1, 1, c.dim), torch.zeros_like(tokens[:, 1:, :1])], dim=1)
         for integrate, update in zip(self.integrate, self.update):
@@ -136,7 +144,20 @@ class FastAR(nn.Module):
         out = self.head(tokens)  # (B, V, T, p p 4)
         g = n // c.patch
         out = out.reshape(b, v, g, g, c.patch, c.patch, 4).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, v, n, n, 4)
-        return FastAROutput(out[..., :3], 1.0 + torch.exp(out[..., 3].clamp(max=20.0)), shifts)
+        return FastAROutput(out[..., :3], 1.0 + torch.exp(out[..., 3].clamp(max=20.0)), shifts, absolute)
+
+
+def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
+    """Rotations (..., 3, 3) from 6D vectors (..., 6): the rows are Gram-Schmidt of the two 3-vectors and their cross product."""
+    a, b = x[..., :3], x[..., 3:]
+    e1 = F.normalize(a, dim=-1)
+    e2 = F.normalize(b - (e1 * b).sum(dim=-1, keepdim=True) * e1, dim=-1)
+    return torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], dim=-2)
+
+
+def absolute_loss(predicted: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Mean squared Frobenius distance between predicted and true rotations (..., 3, 3): 8 sin^2(angle / 2) each."""
+    return (predicted - rotations).square().sum(dim=(-2, -1)).mean()
 
 
 def planar_loss(

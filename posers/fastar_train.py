@@ -11,7 +11,9 @@ variance var(image) / SNR, SNR log-uniform per set.
 The target of view i is its Fourier planar map in view 0's frame (`cryoinverse.planar`), which
 depends on the rotations only, and its shift (pixels), which the translation head predicts.
 Loss: `planar_loss` (confidence-weighted regression, DUSt3R / CryoFastAR), with `hand_aware` the
-smaller of each set's losses against its two hands (the map's and its mirror's planar maps).
+smaller of each set's losses against its two hands (the map's and its mirror's planar maps); with
+`absolute_weight` > 0, plus that weight times `absolute_loss` of the network's absolute head (each
+view's rotation in its map's own frame, which simulation knows; training only).
 
 Progressive schedule (CryoFastAR section "progressive training"), in fractions of `steps`:
 - until `clean_until`: `min_views` views (3: two views leave the angle about their common line
@@ -31,7 +33,7 @@ atomically; rerunning with the same `--out` resumes from it, bit-identically on 
 `log.jsonl` gets step, mean loss, median rotation error (degrees; weighted Kabsch of the
 predicted maps vs the true R_i R_0^T, views 1.. of the batch, each set after the better of its two
 hands), median shift error (pixels, all
-views), views, SNR floor, CTF, lr, time.
+views), with the absolute head its median error (degrees, all views), views, SNR floor, CTF, lr, time.
 Output: `poser.safetensors` (EMA weights) + `poser.json` (arch, network config, voxel size,
 training settings, maps); `load_poser` rebuilds the network from them.
 """
@@ -49,7 +51,7 @@ import torch
 from cryoinverse.errors import DataError, SpecError
 from cryoinverse.optim import TrainingRun, config_dict, mixed_precision, save_weights
 from cryoinverse.params import one_of, param, positive
-from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, planar_loss
+from cryoinverse.posers.fastar_model import CONFIGS, FastAR, FastARConfig, absolute_loss, planar_loss
 from cryoinverse.priors.training import maps_in
 from cryoinverse.resample import fit_box
 
@@ -93,6 +95,7 @@ class PoserTrainConfig:
     noise_full: float = param(0.7, help="fraction of the steps at which the lowest SNR drawn reaches --snr-min", validator=_fraction)
     ctf_from: float = param(0.3, help="fraction of the steps from which the CTF is applied", validator=_fraction)
     hand_aware: bool = param(True, help="each set's loss is the smaller of its two hands' (a set of projections fits a map and its mirror alike)")
+    absolute_weight: float = param(0.0, help="weight of an auxiliary loss on each view's rotation in its map's frame (an extra head; 0: none)")
     min_views: int = param(3, help="views per set at the start of the schedule (two views leave the angle about their common line free)", validator=positive)
     seed: int = param(0, help="random seed")
     device: str = param("auto", help="auto, cpu or cuda[:N]")
@@ -201,9 +204,10 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
     schedule still spans `cfg.steps`; no poser is written); rerun without it to finish.
     """
     from cryoinverse.devices import resolve_device
+    from cryoinverse.rotations import geodesic_distance
 
     device = resolve_device(cfg.device)
-    net_config = CONFIGS[cfg.arch]
+    net_config = attrs.evolve(CONFIGS[cfg.arch], absolute_head=cfg.absolute_weight > 0)
     maps, summary = load_poser_maps(cfg.maps, cfg.voxel_size, net_config.image_size)
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from the process's RNG state
         torch.manual_seed(cfg.seed)
@@ -217,13 +221,18 @@ def train_poser(cfg: PoserTrainConfig, echo: Callable[[str], None] = print, prog
         images, rotations, shifts, _ = simulate_sets(maps, stage, cfg, generator)
         target = torch.stack([_planar(r, net_config.image_size) for r in rotations]).to(device)
         with autocast:
-            pred, confidence, pred_shifts = model(images.to(device))
+            out = model(images.to(device))
+        pred, confidence, pred_shifts = out.maps, out.confidence, out.shifts
         loss = planar_loss(pred.float(), confidence.float(), target, cfg.alpha, pred_shifts.float(), shifts.to(device), cfg.shift_weight,
                            hand_aware=cfg.hand_aware)
+        if out.absolute is not None:
+            loss = loss + cfg.absolute_weight * absolute_loss(out.absolute.float(), rotations.to(device, torch.float32))
 
         def fields() -> dict:
             return {
                 "rotation_error_deg": _median_rotation_error(pred.detach().float(), confidence.detach().float(), rotations),
+                **({} if out.absolute is None else {"absolute_error_deg": float(geodesic_distance(
+                    out.absolute.detach().double().cpu().reshape(-1, 3, 3), rotations.reshape(-1, 3, 3)).median())}),
                 "shift_error_px": float((pred_shifts.detach().float().cpu() - shifts).norm(dim=-1).median()), "views": stage.views,
                 "snr_floor": stage.snr_floor if math.isfinite(stage.snr_floor) else None, "ctf": stage.ctf,
             }

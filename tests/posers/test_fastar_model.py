@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -50,14 +52,14 @@ def test_a_tiny_network_overfits_a_tiny_set():
 
     def median_error() -> float:
         with torch.no_grad():
-            maps, conf, _ = model(images)
+            maps, conf, *_ = model(images)
             est = torch.stack([rotations_from_planar_maps(m.double(), c.double()) for m, c in zip(maps, conf)])
         return float(geodesic_distance(est[:, 1:].reshape(-1, 3, 3), relative[:, 1:].reshape(-1, 3, 3)).median())
 
     before = median_error()
     losses = []
     for _ in range(800):
-        maps, conf, _ = model(images)
+        maps, conf, *_ = model(images)
         loss = planar_loss(maps, conf, target)
         opt.zero_grad()
         loss.backward()
@@ -87,3 +89,16 @@ def test_the_hand_aware_loss_scores_the_mirror_answer_as_right():
     assert plain == pytest.approx(float((2 * target[..., 2]).square().mean()), rel=1e-5) and plain > 0
     mixed = torch.stack([target[0], mirrored[1]])  # one set in each hand
     assert float(planar_loss(mixed, ones, target, hand_aware=True)) == 0.0
+
+
+def test_the_6d_rotation_and_the_absolute_loss_against_closed_forms():
+    """rotation_from_6d of (e1, e2) is the rotation with those rows; |R - I|_F^2 = 2 (3 - tr R) = 8 sin^2(angle / 2)."""
+    from cryoinverse.posers.fastar_model import absolute_loss, rotation_from_6d
+    from cryoinverse.rotations import axis_rotation
+
+    r = axis_rotation("z", 30.0)
+    six = torch.cat([3.0 * r[0], r[1] + 0.7 * r[0]])  # scaled and skewed rows: Gram-Schmidt gives them back
+    torch.testing.assert_close(rotation_from_6d(six[None])[0], r, atol=1e-12, rtol=0)
+    for angle in (0.0, 10.0, 90.0, 170.0):
+        got = absolute_loss(axis_rotation("x", angle)[None], torch.eye(3, dtype=torch.float64)[None])
+        assert float(got) == pytest.approx(8 * math.sin(math.radians(angle) / 2) ** 2, abs=1e-12)
