@@ -268,7 +268,7 @@ def test_a_relion_tomograms_star_gives_aligned_range_and_half_tomograms_to_a_tas
     from cryoinverse.runner import execute
     from tests.framework.test_tilts import relion_project
 
-    star = relion_project(tmp_path)
+    relion_project(tmp_path)
     shape = (16, 16, 16)
     clean = blob_density(16)
     m = wedge_mask(shape, -50.2, 54.9)
