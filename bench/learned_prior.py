@@ -4,6 +4,9 @@ Clean maps:
   - held-out atomic models (bench/default_prior_heldout.txt: never in the prior's training data),
     each through one of VARIANTS: both simulator forms (`--form 5gaussian` and `gaussian`), global
     B-factors of 20-150 A^2 and voxel sizes of 1.0-2.5 A (the runner resamples to the prior's 1.5 A);
+  - with --nucleic DIR (a folder of scripts/fetch_nucleic_acid_models.py), its held-out RNA/DNA and
+    protein-nucleic acid models (DIR/heldout.txt: never in the prior's training data), through the
+    same VARIANTS, reported as a group of their own;
   - any clean maps given with --maps, at full size (real maps: non-cubic ones are zero-padded to a
     cube, centred; a header without a voxel size takes --voxel-size NAME=A).
 
@@ -16,7 +19,8 @@ Levels beyond a map's Nyquist are skipped.
 Methods:
   degraded   the noisy map as is
   gaussian   the gaussian prior (signal spectrum estimated from the map), exact posterior, mean of 4 samples, 100 steps
-  learned    the shipped prior (`kind = "cryofm"`), Wiener guidance (prior_error 4), mean of 4 samples, 10 steps
+  learned    the shipped prior (`kind = "cryofm"`, weights by voxel size unless --weights), Wiener guidance
+             (prior_error 4), mean of 4 samples, 10 steps
 
 Prints the README's tables (mean +- std over maps) and, per level, on how many maps the learned
 prior beats the degraded map and the gaussian prior (paired, same noise). Rows go to
@@ -24,6 +28,7 @@ OUT/runs.csv as they finish; a rerun skips finished rows, so a stopped bench res
 
   python bench/learned_prior.py                                  # held-out models
   python bench/learned_prior.py --models DIR                     # every model in DIR instead
+  python bench/learned_prior.py --no-models --nucleic nucleic_models   # held-out nucleic-acid models only
   python bench/learned_prior.py --no-models --maps ../shared/data/maps/*.m* --voxel-size clean70SRibosome_vol_65p=4.0
 """
 
@@ -33,6 +38,7 @@ import argparse
 import math
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
@@ -134,11 +140,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="folder of atomic models (default: the held-out models of ../shared/data/models)")
     parser.add_argument("--no-models", action="store_true", help="no simulated maps: only --maps")
+    parser.add_argument("--nucleic", type=Path, help="folder of scripts/fetch_nucleic_acid_models.py: add its held-out models")
     parser.add_argument("--maps", type=Path, nargs="*", default=[], help="clean MRC maps to add, at full size")
     parser.add_argument("--voxel-size", nargs="*", default=[], metavar="NAME=A", help="voxel size of a --maps file whose header lacks it")
     parser.add_argument("--resolutions", type=float, nargs="+", default=[4.0, 6.0, 10.0], help="FSC-0.5 of the degraded maps (A)")
     parser.add_argument("--noise", choices=["logistic", "white"], default="logistic", help="noise shape (see above)")
     parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS], help="methods to run")
+    parser.add_argument("--weights", help="the learned method's cryofm weights: default, tomo or a .safetensors path (default: auto, by voxel size)")
     parser.add_argument("--out-dir", type=Path, default=HERE / "learned-prior-out", help="results folder (resumable)")
     parser.add_argument("--seed", type=int, default=0, help="noise and sampler seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -151,15 +159,21 @@ def main() -> None:
         else:
             models = model_files(args.models, None)
         simulated = simulate_maps(models, args.out_dir / "maps")
+    nucleic: list[Path] = []
+    if args.nucleic is not None:
+        held = [line.strip() for line in (args.nucleic / "heldout.txt").read_text().splitlines() if line.strip()]
+        nucleic = simulate_maps(model_files(args.nucleic, held), args.out_dir / "maps")
     voxel_sizes = {k: float(v) for k, v in (item.split("=", 1) for item in args.voxel_size)}
     (args.out_dir / "maps").mkdir(parents=True, exist_ok=True)
     extra = cubic(args.maps, args.out_dir / "maps", voxel_sizes)
-    maps = simulated + extra
+    maps = simulated + nucleic + extra
     degradations = [
         Degradation(f"{args.noise}-{r:g}A", {"kind": "spectral-noise"}, target_resolution=r, noise_shape=args.noise, half_maps=True)
         for r in args.resolutions
     ]
     methods = [m for m in METHODS if m.name in args.methods]
+    if args.weights:
+        methods = [attrs.evolve(m, prior={**m.prior, "weights": args.weights}) if m.name == "learned" else m for m in methods]
     bench = BenchSpec(maps=maps, degradations=degradations, methods=methods, out_dir=args.out_dir, seed=args.seed, device=args.device)
     print(f"{len(maps)} maps x {len(degradations)} degradations x {len(methods)} methods -> {args.out_dir / 'runs.csv'}", flush=True)
     runs = run_bench(bench, echo=lambda line: print(line, flush=True))
@@ -168,6 +182,7 @@ def main() -> None:
     rows = [r for r in rows if r["map"] in names and r["degradation"] in {d.name for d in degradations}]
     write_summary(args.out_dir, summarize(rows))
     groups = [(f"{len(simulated)} simulated held-out maps", {p.name for p in simulated})] if simulated else []
+    groups += [(f"{len(nucleic)} held-out nucleic-acid maps", {p.name for p in nucleic})] if nucleic else []
     groups += [(p.name, {p.name}) for p in extra]
     for title, members in groups:
         chosen = [r for r in rows if r["map"] in members]

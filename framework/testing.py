@@ -709,7 +709,7 @@ def check_relative_poses(poser: Any) -> None:
 
 def check_relative_poses_recover_noiseless_projections(poser: Any) -> None:
     """A `MapFreePoser` on noiseless projections of a 24^3 map: after the one global rotation they are free by,
-    the relative rotations are within the reach of a local refinement (median error <= 10 degrees; random ones: 126)."""
+    the relative rotations are within the reach of a local refinement (median error <= 10 degrees; random ones: a median of 132)."""
     from .poses import rotation_errors
 
     assert isinstance(poser, components.MapFreePoser), "not a MapFreePoser (no relative_poses(images, pixel_size))"

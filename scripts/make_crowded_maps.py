@@ -6,7 +6,9 @@ uniformly on SO(3) and centred at a uniform point of a cube of `--spread` A, sim
 `cryoinverse.simulate.simulate_density` (5-Gaussian, 2x oversampling) with one B-factor drawn
 uniformly from [--bmin, --bmax] per map; density outside the box is dropped.
 
-Usage: python scripts/make_crowded_maps.py MODEL... --out-dir D [--count 24] [--seed 0]
+A model listed k times is drawn k times as often.
+
+Usage: python scripts/make_crowded_maps.py MODEL... --out-dir D [--count 24] [--seed 0] [--prefix crowded]
 """
 
 import argparse
@@ -24,7 +26,8 @@ from cryoinverse.simulate import simulate_density
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="PDB/mmCIF models to draw chains from")
-    parser.add_argument("--out-dir", type=Path, required=True, help="folder for crowded_NNN.mrc")
+    parser.add_argument("--out-dir", type=Path, required=True, help="folder for PREFIX_NNN.mrc")
+    parser.add_argument("--prefix", default="crowded", help="file name prefix of the maps")
     parser.add_argument("--count", type=int, default=24, help="number of maps")
     parser.add_argument("--chains", type=int, default=8, help="chains per map")
     parser.add_argument("--box", type=int, default=80, help="box edge in voxels")
@@ -52,11 +55,11 @@ def main() -> None:
             np.concatenate([a.elements for _, a in parts]),
             np.concatenate([a.b_factors for _, a in parts]),
             np.concatenate([a.occupancies for _, a in parts]),
-            source=f"crowded_{i:03d}",
+            source=f"{args.prefix}_{i:03d}",
         )
         b = float(rng.uniform(args.bmin, args.bmax))
         volume = simulate_density(crowd, args.box, args.voxel_size, bfactor=b, allow_clip=True)
-        path = write_volume(args.out_dir / f"crowded_{i:03d}.mrc", volume)
+        path = write_volume(args.out_dir / f"{args.prefix}_{i:03d}.mrc", volume)
         print(f"wrote {path} ({len(crowd)} atoms, B {b:.0f} A^2)")
 
 

@@ -15,3 +15,17 @@ if [ "${#train_models[@]}" -eq 0 ]; then
     exit 2
 fi
 echo "training on ${#train_models[@]} models; held out: $heldout" >&2
+
+# With `nucleic` set (a folder written by scripts/fetch_nucleic_acid_models.py), also fills
+# `nucleic_models` with its RNA/DNA-containing models except those in its heldout.txt.
+nucleic_models=()
+if [ -n "${nucleic:-}" ]; then
+    nucleic_heldout="$(cat "$nucleic/heldout.txt" | tr '\n' ' ')"
+    for f in "$nucleic"/*.pdb "$nucleic"/*.cif; do
+        [ -e "$f" ] || continue
+        id="$(basename "${f%.*}")"
+        case " $nucleic_heldout " in *" $id "*) continue ;; esac
+        nucleic_models+=("$f")
+    done
+    echo "and on ${#nucleic_models[@]} nucleic-acid models; held out: $nucleic_heldout" >&2
+fi
