@@ -72,9 +72,9 @@ METHODS = [
 ]
 
 
-def held_out_ids() -> list[str]:
-    """Model ids the default prior was not trained on (bench/default_prior_heldout.txt)."""
-    return [line.strip() for line in HELD_OUT.read_text().splitlines() if line.strip() and not line.startswith("#")]
+def held_out_ids(path: Path = HELD_OUT) -> list[str]:
+    """Model ids the default prior was not trained on (bench/default_prior_heldout.txt, or a fetch folder's heldout.txt)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def model_files(folder: Path, only: list[str] | None) -> list[Path]:
@@ -161,8 +161,7 @@ def main() -> None:
         simulated = simulate_maps(models, args.out_dir / "maps")
     nucleic: list[Path] = []
     if args.nucleic is not None:
-        held = [line.strip() for line in (args.nucleic / "heldout.txt").read_text().splitlines() if line.strip()]
-        nucleic = simulate_maps(model_files(args.nucleic, held), args.out_dir / "maps")
+        nucleic = simulate_maps(model_files(args.nucleic, held_out_ids(args.nucleic / "heldout.txt")), args.out_dir / "maps")
     voxel_sizes = {k: float(v) for k, v in (item.split("=", 1) for item in args.voxel_size)}
     (args.out_dir / "maps").mkdir(parents=True, exist_ok=True)
     extra = cubic(args.maps, args.out_dir / "maps", voxel_sizes)

@@ -25,7 +25,8 @@ import math
 import attrs
 import torch
 
-from .fourier import fftn, frequency_grid, nyquist, reference_edge, shell_index
+from .directions import unit_frequencies
+from .fourier import fftn, nyquist, reference_edge, shell_index
 from .volume import Volume
 
 FAIL_RESOLUTION = 30.0  # Angstrom, CryoFM's fail-rate rule on FSC-0.5
@@ -96,17 +97,16 @@ def fsc(a: Volume | torch.Tensor, b: Volume | torch.Tensor, mask: Volume | torch
 
 
 def cone(shape: tuple[int, int, int], direction: tuple[float, float, float], angle: float) -> torch.Tensor:
-    """(nz, ny, nx) bool: the coefficients within `angle` degrees of the line through 0 along `direction` (z, y, x)."""
+    """(nz, ny, nx) bool: the coefficients within `angle` degrees of the line through 0 along `direction` (z, y, x),
+    k = 0 included and the rim kept (unlike `cryoinverse.directions.cone_mask`: an FSC cone of 90 degrees is the whole shell)."""
     if not 0.0 < angle <= 90.0:
         raise ValueError(f"cone half-angle {angle}: degrees in (0, 90] are needed")
     d = torch.tensor(direction, dtype=torch.float64)
     if not float(d.norm()) > 0:
         raise ValueError(f"direction {direction} has no length")
-    d = d / d.norm()
-    kz, ky, kx = frequency_grid(shape)
-    along = (kz * d[0] + ky * d[1] + kx * d[2]).abs()
-    radius = torch.sqrt(kz**2 + ky**2 + kx**2)
-    return along >= radius * math.cos(math.radians(angle)) - 1e-12
+    inside = (unit_frequencies(shape) @ (d / d.norm())).abs() >= math.cos(math.radians(angle)) - 1e-12
+    inside[0, 0, 0] = True
+    return inside
 
 
 def directional_fsc(
@@ -125,10 +125,11 @@ def directional_resolutions(curves: dict[str, torch.Tensor], shape: tuple[int, i
     out = {}
     for name, curve in curves.items():
         held = ~torch.isnan(curve[1:])
+        bridged = _bridge(curve)
         out[name] = {
             "auc": float(curve[1:][held].mean()) if bool(held.any()) else math.nan,
-            "resolution_0.5": resolution_at(_bridge(curve), voxel_size, 0.5, n),
-            "resolution_0.143": resolution_at(_bridge(curve), voxel_size, 0.143, n),
+            "resolution_0.5": resolution_at(bridged, voxel_size, 0.5, n),
+            "resolution_0.143": resolution_at(bridged, voxel_size, 0.143, n),
             "curve": [[n * voxel_size / r, float(curve[r])] for r in range(1, curve.shape[-1])],
         }
     return out

@@ -170,7 +170,6 @@ class MissingWedge(HalfMapNoise):
     background_cube: int = param(20, help="with background_noise: edge of the cubes, in voxels (at most the shortest edge is used)", validator=_cube)
     background_fraction: float = param(0.25, help=f"with background_noise: quantile of the cubes' low-pass variance taken as background; cubes up to {QUIET_FACTOR:g} times it are used", validator=_fraction)
 
-    _angles: list[float] | None = attrs.field(default=None, init=False, repr=False)
     _series: TiltSeries | None = attrs.field(default=None, init=False, repr=False)
     _voxel_size: float | None = attrs.field(default=None, init=False, repr=False)
     _spectrum: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
@@ -180,11 +179,11 @@ class MissingWedge(HalfMapNoise):
     def __attrs_post_init__(self) -> None:
         if self.tilt_file is not None:
             self._series = read_tilt_series(self.tilt_file, self.tomogram)
-            self._angles = list(self._series.angles)
-            for field, value, extreme in (("tilt_min", self.tilt_min, min(self._angles)), ("tilt_max", self.tilt_max, max(self._angles))):
+            lowest, highest = self._series.range
+            for field, value, extreme in (("tilt_min", self.tilt_min, lowest), ("tilt_max", self.tilt_max, highest)):
                 if value is not None and abs(value - extreme) > TILT_TOLERANCE:
                     raise ValueError(f"{field} = {value:g} disagrees with tilt_file {self.tilt_file} ({extreme:g}); give one or the other")
-            self.tilt_min, self.tilt_max = min(self._angles), max(self._angles)
+            self.tilt_min, self.tilt_max = lowest, highest
         elif self.discrete_tilts:
             raise ValueError("discrete_tilts needs tilt_file (the measured angles)")
         elif self.tomogram is not None:
@@ -225,7 +224,7 @@ class MissingWedge(HalfMapNoise):
         that M F x stays the transform of a real map and F(A x) = M F(x) holds exactly.
         """
         if self.discrete_tilts:
-            m = tilt_planes_mask(shape, self._angles, self.plane_thickness, self.tilt_axis, self._plane_limits())
+            m = tilt_planes_mask(shape, list(self._series.angles), self.plane_thickness, self.tilt_axis, self._plane_limits())
         else:
             m = wedge_mask(shape, self.tilt_min, self.tilt_max, self.tilt_axis)
         return m | _reflected(m)
