@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .components import (
     Resolvable, TakesPoses, VolumeGeometry, call_prepare,
 )
 from .devices import resolve_device
-from .errors import DataError, SpecError
+from .errors import DataError, InputWarning, SpecError
 from .fourier import box_text, grid_shape, reference_edge
 from .metrics import compare, directional_report
 from .mrc import read_volume
@@ -150,9 +151,11 @@ def execute(
 
     spec = resolve_sampler(spec, likelihood)
     t1 = time.perf_counter()
-    maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
     timings["sample_s"] = time.perf_counter() - t1
-    warnings_: list[str] = []
+    warnings_: list[str] = _input_warnings(caught)
     if by_sampler:
         found, warnings_ = _poses_from_sampler(spec, unknown)
         if spec.inputs.initial_map is not None:
@@ -175,8 +178,10 @@ def execute(
     halves = _halves_of(spec) if spec.check_halves else None
     if halves is not None and observation is not None:
         t2 = time.perf_counter()
-        report["half_maps"], half_warnings = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
-        warnings_ += half_warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            report["half_maps"], half_warnings = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
+        warnings_ += [w for w in _input_warnings(caught) if w not in warnings_] + half_warnings
         timings["half_maps_s"] = time.perf_counter() - t2
     warnings_ += _absurd(mean, observation)
     report["warnings"] = warnings_
@@ -364,6 +369,18 @@ def check_half_maps(
             "check the noise model, the density scale ([prior] scale) or lower the guidance's trust in the prior"
         )
     return report, warnings_
+
+
+def _input_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The texts of the InputWarnings caught, once each, for the report (which the CLI prints);
+    every other warning caught is shown as it would have been."""
+    found: list[str] = []
+    for w in caught:
+        if not issubclass(w.category, InputWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in found:
+            found.append(str(w.message))
+    return found
 
 
 def _absurd(restored: Volume, observation: Volume | None) -> list[str]:

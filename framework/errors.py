@@ -19,3 +19,11 @@ class DataError(CryoinverseError):
 
 class RegistryError(CryoinverseError):
     """A component name is unknown, or two plugins claim the same name."""
+
+
+class InputWarning(UserWarning):
+    """A component's finding that the input is unlike what it models, so the result may suffer.
+
+    Components issue it with `warnings.warn(message, InputWarning)` (in `prepare` or while
+    sampling); `cryoinverse run` prints it and lists it in the report's `warnings`.
+    """

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import DataError
-from .fourier import Shape, expand_shells, fftn, grid_shape, ifftn, n_shells, reference_edge, shell_average, shell_counts, shell_index
+from .fourier import Shape, expand_shells, fftn, frequency_grid, grid_shape, ifftn, n_shells, reference_edge, shell_average, shell_counts, shell_index
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +180,19 @@ def wiener_estimate(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor | No
         return None
     s = signal_power(info, stat)
     return ifftn(s * stat / (1.0 + s * info))
+
+
+def low_pass(x: torch.Tensor, voxel_size: float | None, resolution: float) -> torch.Tensor:
+    """The map `x` (nz, ny, nx) seen at `resolution` A, float64: a periodic Gaussian low-pass.
+
+    exp(-(resolution * k)^2) on frequency k in 1/A: amplitude 1/e at 1/resolution; in real space a
+    Gaussian of sigma = resolution / (pi sqrt 2). It keeps the total (k = 0) and the sign of a
+    non-negative map. Without a voxel size `resolution` is in voxels; it is never less than 4 voxels.
+    """
+    edge = max(resolution / voxel_size if voxel_size else resolution, 4.0)
+    kz, ky, kx = frequency_grid(x.shape[-3:])
+    k2 = (kz.square() + ky.square() + kx.square()).to(x.device)
+    return ifftn(fftn(x.to(torch.float64)) * torch.exp(-(edge**2) * k2))
 
 
 def _taper(n: int, width: int) -> torch.Tensor:

@@ -58,10 +58,11 @@ import attrs
 import torch
 
 from cryoinverse.components import PrepareContext
-from cryoinverse.errors import DataError, SpecError
+from cryoinverse.errors import DataError, InputWarning, SpecError
 from cryoinverse.hookspecs import hookimpl
 from cryoinverse.mrc import atomic_path
 from cryoinverse.params import one_of, param, positive
+from cryoinverse.spectra import low_pass
 
 from .hdit import CONFIGS, LOCAL_BACKENDS, HDiT, HDiTConfig, config_by_name, natten_available
 
@@ -74,6 +75,12 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "default.safetensor
 TOMO_WEIGHTS = Path(__file__).resolve().parent / "data" / "tomo.safetensors"
 SHIPPED = {"default": DEFAULT_WEIGHTS, "tomo": TOMO_WEIGHTS}
 AUTO_TOMO_FROM = 3.9  # A/voxel: sqrt(1.5 * 10)
+# The density check of `prepare`: seen at CHECK_RESOLUTION A, the map's negative mass must stay
+# under NEGATIVE_LIMIT times its positive mass. A density on a zero solvent has none (noise adds
+# little at 30 A); a map with zero mean (its k = 0 removed: normalised, high-pass filtered) has as
+# much negative as positive mass; the limit is the midpoint.
+CHECK_RESOLUTION = 30.0
+NEGATIVE_LIMIT = 0.5
 
 
 @attrs.frozen
@@ -362,6 +369,34 @@ def percentile_scale(data: torch.Tensor, percentile: float) -> float:
     return s
 
 
+def negative_mass_ratio(data: torch.Tensor, voxel_size: float | None, resolution: float = CHECK_RESOLUTION) -> float:
+    """Negative over positive mass of the map seen at `resolution` A (`cryoinverse.spectra.low_pass`):
+    about 0 for a density on a zero solvent, 1 for a map of zero mean, above 1 for dark density."""
+    low = low_pass(data, voxel_size, resolution)
+    positive = float(low.clamp(min=0.0).sum())
+    return float(-low.clamp(max=0.0).sum()) / positive if positive > 0 else math.inf
+
+
+def check_density(data: torch.Tensor, voxel_size: float | None) -> None:
+    """Warn (`InputWarning`) when the map is far from a non-negative density on a zero solvent.
+
+    CryoFM-1 units clip densities below 0, and the prior was trained on densities: a map whose
+    `negative_mass_ratio` reaches NEGATIVE_LIMIT (zero mean: normalised or high-pass filtered;
+    dark density) is unlike every training map.
+    """
+    ratio = negative_mass_ratio(data, voxel_size)
+    if ratio >= NEGATIVE_LIMIT:
+        warnings.warn(
+            f"[prior] cryofm: the map is not a non-negative density on a zero solvent: seen at {CHECK_RESOLUTION:g} A "
+            + (f"its negative mass is {ratio:.2f} times its positive mass" if math.isfinite(ratio) else "all its mass is negative")
+            + " (a density has almost none). The prior models "
+            "densities and may make such a map worse than its input: give the map before high-pass filtering or "
+            "normalisation, invert a map whose density is dark, or trust the data more ([sampler] model_error)",
+            InputWarning,
+            stacklevel=2,
+        )
+
+
 def _overlap_below_box(instance, attribute, value) -> None:
     positive(instance, attribute, value)
     if value is not None and value >= instance.box:
@@ -477,6 +512,9 @@ class CryoFMPrior:
             source = source if source is not None else ctx.observation
             if source is not None:
                 self._observed_scale = percentile_scale(source.data, meta.normalization.percentile)
+        source = ctx.signal_estimate if ctx.signal_estimate is not None else ctx.observation
+        if source is not None:
+            check_density(source.data, ctx.voxel_size)
         self.network(ctx.device)
 
     def _check_box(self, shape: tuple[int, ...]) -> None:

@@ -80,6 +80,12 @@ class FlowPosteriorEuler:
         help="wiener, priors without a closed-form conditional: variance of the prior's data estimate as a multiple of a Gaussian prior's (larger trusts the data more; 4 measured best for the shipped prior)",
         validator=positive,
     )
+    model_error: float = param(
+        0.0,
+        help="wiener, priors without a closed-form conditional: a floor on that variance, as a fraction of the observed signal power, "
+        "for maps unlike the prior's training data (shells measured far above it follow the data)",
+        validator=non_negative,
+    )
 
     def weight(self, t: float) -> float:
         """lam(t) of the schedule."""
@@ -178,6 +184,7 @@ class FlowPosteriorEuler:
                     var = conditional(x, t).var
                 else:  # Var[x1 | x_t] of a Gaussian prior with the observed signal spectrum, scaled
                     var = self.prior_error * signal * (1 - t) ** 2 / (t * t * signal + (1 - t) ** 2)
+                    var = var + self.model_error * signal
                 var = var * k**2  # density units
                 m = fftn(prior.denormalize(x1_hat).to(torch.float64))
                 # E[x1 | x_t, y] for x1 | x_t ~ N(x1_hat, var), per coefficient

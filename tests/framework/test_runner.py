@@ -55,3 +55,32 @@ def test_a_box_that_is_not_one_or_three_positive_edges_is_refused():
     for bad in ([4, 4], [4, 0, 4], 0, 2.5, True, "12"):
         with pytest.raises(ValueError, match="box: an edge n > 0 or three edges"):
             Inputs(box=bad)
+
+
+def test_input_warnings_of_components_go_to_the_report_once(tmp_path):
+    """A prior that warns (InputWarning) in prepare: the report lists it once, though prepare runs for the
+    map and for each half map; it is not also shown as a Python warning (the CLI prints the report's)."""
+    import warnings
+
+    from cryoinverse.errors import InputWarning
+    from cryoinverse.mrc import write_volume
+    from tests.conftest import blob_density
+
+    class Wary(GaussianPrior):
+        def prepare(self, ctx):
+            super().prepare(ctx)
+            warnings.warn("[prior] wary: this map looks odd", InputWarning)
+
+    clean = blob_density()
+    g = torch.Generator().manual_seed(0)
+    halves = [clean.with_data(clean.data + 0.1 * torch.randn(clean.shape, generator=g)) for _ in range(2)]
+    for i, h in enumerate(halves):
+        write_volume(tmp_path / f"half{i}.mrc", h)
+    op = SpectralNoise(half_maps=[str(tmp_path / "half0.mrc"), str(tmp_path / "half1.mrc")])
+    spec = TaskSpec(prior=Wary(), operators=[op], sampler=FlowPosteriorEuler(steps=4), device="cpu")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        result = execute(spec)
+    assert result.report["warnings"].count("[prior] wary: this map looks odd") == 1
+    assert "half_maps" in result.report  # prepare also ran for the two halves
+    assert not [w for w in shown if issubclass(w.category, InputWarning)]

@@ -112,6 +112,56 @@ def test_cryofm_scale_comes_from_the_signal_estimate():
     assert raw.density_scale == percentile_scale(noisy.data, 99.999) > prior.density_scale
 
 
+def _gaussian_blob(n: int, centre: tuple[float, float, float], sigma: float) -> torch.Tensor:
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float64),) * 3, indexing="ij")
+    r2 = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2
+    return torch.exp(-r2 / (2 * sigma**2))
+
+
+def test_low_pass_is_the_gaussian_blur_of_a_gaussian():
+    # exp(-(R k)^2) in Fourier is a Gaussian kernel of sigma_f = R / (pi sqrt 2) (in A): a unit-peak
+    # blob of sigma_b comes out with peak (sigma_b^2 / (sigma_b^2 + sigma_f^2))^1.5, a negative one
+    # with that trough; two blobs 32 voxels apart (7 sigma) do not touch.
+    from cryoinverse.spectra import low_pass
+
+    n, voxel, resolution, sigma_b = 64, 2.0, 30.0, 3.0
+    sigma_f = resolution / voxel / (math.pi * math.sqrt(2.0))
+    peak = (sigma_b**2 / (sigma_b**2 + sigma_f**2)) ** 1.5
+    x = _gaussian_blob(n, (16.0, 16.0, 16.0), sigma_b) - 0.5 * _gaussian_blob(n, (48.0, 48.0, 48.0), sigma_b)
+    low = low_pass(x, voxel, resolution)
+    assert float(low.max()) == pytest.approx(peak, rel=1e-6)
+    assert float(low.min()) == pytest.approx(-0.5 * peak, rel=1e-6)
+    assert float(low.sum()) == pytest.approx(float(x.sum()), rel=1e-9)  # k = 0 kept
+    # without a voxel size the resolution is in voxels; never below 4 voxels
+    torch.testing.assert_close(low_pass(x, None, resolution / voxel), low, rtol=0, atol=1e-12)
+    sigma_4 = 4.0 / (math.pi * math.sqrt(2.0))
+    assert float(low_pass(x, 2.0, 1.0).max()) == pytest.approx((sigma_b**2 / (sigma_b**2 + sigma_4**2)) ** 1.5, rel=1e-6)
+
+
+def test_cryofm_density_check():
+    import warnings
+
+    from cryoinverse.errors import InputWarning
+    from cryoinverse.priors.cryofm import check_density, negative_mass_ratio
+
+    # two separated blobs, +1 and -0.5: the low-pass keeps each blob's mass, so the ratio is 0.5
+    pair = _gaussian_blob(64, (16.0, 16.0, 16.0), 3.0) - 0.5 * _gaussian_blob(64, (48.0, 48.0, 48.0), 3.0)
+    assert negative_mass_ratio(pair, 2.0) == pytest.approx(0.5, abs=1e-6)
+    density = blob_density(48, seed=2, n_atoms=120, voxel_size=1.5).data.double()
+    noisy = density + 0.3 * float(density.std()) * torch.randn(density.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert negative_mass_ratio(density, 1.5) < 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        check_density(density, 1.5)  # a density, clean or noisy: no warning
+        check_density(noisy, 1.5)
+    # the same map with its mean removed: as much negative as positive mass
+    assert negative_mass_ratio(density - density.mean(), 1.5) == pytest.approx(1.0, abs=1e-6)
+    with pytest.warns(InputWarning, match="not a non-negative density"):
+        check_density(density - density.mean(), 1.5)
+    with pytest.warns(InputWarning, match="invert"):  # dark density
+        check_density(-density, 1.5)
+
+
 # -- noise on the measured coefficients: odd/even tomograms, background cubes --------------------------
 
 

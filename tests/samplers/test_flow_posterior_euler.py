@@ -204,3 +204,36 @@ def _counting(record: list, total: int):
 
     record.append(total)
     return contextlib.nullcontext(lambda n: None)
+
+
+def _opaque_problem(seed: int = 3):
+    """A gaussian prior known only through its velocity (no `conditional`), and spectral noise."""
+    n = N_BOX
+    r = torch.arange(n_shells(n), dtype=torch.float64)
+    op = SpectralNoise(noise_power=(0.05 + 0.01 * r).tolist())
+    g = torch.Generator().manual_seed(seed)
+    power = (4.0 * torch.exp(-((r / 4.0) ** 2)) + 0.01).tolist()
+    y = op.simulate(GaussianPrior(power=power).draw(1, n, g)[0], g)
+    init = torch.randn(4, n, n, n, generator=torch.Generator().manual_seed(1))
+    return _Opaque(GaussianPrior(power=power)), Likelihood([Observation(op, y)]), y, init
+
+
+def test_model_error_adds_to_the_prior_error_in_signal_units():
+    # One Euler step from t = 0 returns E[x1 | x_0, y] with variance (prior_error (1-t)^2 / (t^2 S + (1-t)^2)
+    # + model_error) S = (prior_error + model_error) S at t = 0: the same as prior_error + model_error alone.
+    prior, likelihood, _, init = _opaque_problem()
+    floored = FlowPosteriorEuler(steps=1, guidance="wiener", prior_error=1.5, model_error=0.75).run(prior, likelihood, init)
+    summed = FlowPosteriorEuler(steps=1, guidance="wiener", prior_error=2.25).run(prior, likelihood, init)
+    torch.testing.assert_close(floored, summed, rtol=1e-5, atol=1e-5)
+    plain = FlowPosteriorEuler(steps=1, guidance="wiener", prior_error=1.5).run(prior, likelihood, init)
+    assert float((floored - plain).abs().max()) > 1e-2  # the floor changed the estimate
+
+
+def test_a_large_model_error_gives_the_data_back():
+    # var -> infinity in E[x1 | x_t, y] = m + var (stat - info m) / (1 + info var) -> stat / info = y
+    # (spectral noise observes every coefficient), whatever the prior says.
+    prior, likelihood, y, init = _opaque_problem()
+    out = FlowPosteriorEuler(steps=10, guidance="wiener", model_error=1e9).run(prior, likelihood, init)
+    torch.testing.assert_close(out.double(), y.double().expand_as(out), rtol=0, atol=1e-4)
+    default = FlowPosteriorEuler(steps=10, guidance="wiener").run(prior, likelihood, init)
+    assert float((default.double() - y.double()).abs().max()) > 0.1  # the prior's own estimate is not y
