@@ -41,6 +41,10 @@ picks by the map's voxel size (`for_voxel_size`): "tomo" from `AUTO_TOMO_FROM` A
 geometric middle of 1.5 and 10 A, where a map is equally far from both in octaves), else
 "default".
 
+`prepare` also checks that the map is a density as the prior models it (`check_density`: seen at
+30 A, its negative mass under half its positive) and warns (`InputWarning`, into the run's report)
+where it is not: a map of zero mean (normalised, high-pass filtered) or of dark density.
+
 The prior itself works on boxes of the trained size only and refuses others with a clear error;
 `box` and `voxel_size` tell `cryoinverse.tiling.adapt_prior` (which the runner applies) how to
 tile and resample other maps for it.
@@ -391,7 +395,7 @@ def check_density(data: torch.Tensor, voxel_size: float | None) -> None:
             + (f"its negative mass is {ratio:.2f} times its positive mass" if math.isfinite(ratio) else "all its mass is negative")
             + " (a density has almost none). The prior models "
             "densities and may make such a map worse than its input: give the map before high-pass filtering or "
-            "normalisation, invert a map whose density is dark, or trust the data more ([sampler] model_error)",
+            "normalisation, invert a map whose density is dark, or trust the data more (flow-posterior-euler: model_error)",
             InputWarning,
             stacklevel=2,
         )

@@ -16,6 +16,8 @@ observation's likelihood exactly (every operator Fourier-diagonal with Gaussian 
 anisotropic, missing wedge), and steps along v_post = (E[x1 | x_t, y] - x_t) / (1 - t). Shells
 where the noise is small follow the data; shells where it is large follow the prior; no weight
 needs tuning to the noise shape. For the gaussian prior it is exactly `guidance = "exact"`.
+`model_error` adds a floor, that fraction of the signal power, to the variance: the prior's error
+on maps unlike its training data, which does not vanish as t -> 1.
 
 Why this form: for this path v = (x_t + (1 - t) score) / t, so the exact posterior velocity is
 v + ((1 - t) / t) grad_{x_t} log p(y | x_t). `guidance = "exact"` uses that term where it is
