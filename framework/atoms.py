@@ -156,11 +156,27 @@ class Atoms:
         return sorted(e for e in set(self.elements) if not known_element(e))
 
 
+# Molecular-dynamics names gemmi does not know. Water models (CHARMM writes TIP3 in a 4-column
+# residue name, read as TIP); ions of the CHARMM force field, one atom named as its residue, in
+# files without an element column (the name alone reads as POT -> P, SOD -> S, CLA -> C).
+MD_WATERS = frozenset({"TIP", "TIP3", "TIP4", "TIP5", "TP3", "T3P", "T4P", "T5P", "SPC", "SOL"})
+MD_IONS = {"POT": "K", "SOD": "Na", "CLA": "Cl", "CAL": "Ca", "CES": "Cs", "LIT": "Li", "RUB": "Rb", "BAR": "Ba", "ZN2": "Zn", "CD2": "Cd"}
+
+
+def _element(residue, atom) -> str:
+    """The atom's element; a CHARMM ion (one atom named as its residue, e.g. POT) by its residue."""
+    if len(residue) == 1 and atom.name == residue.name and residue.name in MD_IONS:
+        return MD_IONS[residue.name]
+    return atom.element.name
+
+
 def read_atoms(path: str | os.PathLike, keep_hydrogens: bool = False, keep_waters: bool = False) -> Atoms:
     """The atoms of the first model of a PDB/mmCIF (optionally gzipped) file.
 
-    Waters and hydrogens (H, D) are skipped unless asked for; every alternate conformation is
-    kept with its occupancy, so the conformers of one atom add up to one atom's scattering.
+    Waters (also molecular-dynamics water models: TIP3, SPC, SOL, ...) and hydrogens (H, D) are
+    skipped unless asked for; CHARMM ions (POT, SOD, CLA, ...) get their element from the residue
+    name; every alternate conformation is kept with its occupancy, so the conformers of one atom
+    add up to one atom's scattering. A PDB file's first model ends at its first ENDMDL or END.
     """
     path = Path(path)
     if not path.exists():
@@ -178,14 +194,14 @@ def read_atoms(path: str | os.PathLike, keep_hydrogens: bool = False, keep_water
     positions, elements, b_factors, occupancies = [], [], [], []
     for chain in structure[0]:
         for residue in chain:
-            if residue.is_water() and not keep_waters:
+            if (residue.is_water() or residue.name in MD_WATERS) and not keep_waters:
                 continue
             for atom in residue:
                 if atom.is_hydrogen() and not keep_hydrogens:
                     continue
                 p = atom.pos
                 positions.append((p.x, p.y, p.z))
-                elements.append(atom.element.name)
+                elements.append(_element(residue, atom))
                 b_factors.append(atom.b_iso)
                 occupancies.append(atom.occ)
     if not positions:

@@ -297,6 +297,26 @@ def test_read_atoms_reads_mmcif_and_first_model_only(tmp_path):
     assert len(atoms) == 1 and atoms.positions[0] == pytest.approx([1.0, 2.0, 3.0])
 
 
+def test_read_atoms_reads_charmm_frames(tmp_path):
+    # CHARMM writes no element column and 4-letter residue names in columns 18-21 (TIP3 + chain W);
+    # its ions are one atom named as the residue: POT is potassium, not phosphorus.
+    lines = [
+        "ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00      PROA",
+        "ATOM      2  CA  ALA A   1       1.458   0.000   0.000  1.00  0.00      PROA",
+        "ATOM      3  HA  ALA A   1       1.800   1.000   0.000  1.00  0.00      PROA",
+        "ATOM      4  OH2 TIP3W   2      10.000  10.000  10.000  1.00  0.00      SOLV",
+        "ATOM      5  H1  TIP3W   2      10.900  10.000  10.000  1.00  0.00      SOLV",
+        "ATOM      6  POT POT I   3       5.000   5.000   5.000  1.00  0.00      ION",
+        "ATOM      7  CLA CLA I   4       6.000   5.000   5.000  1.00  0.00      ION",
+        "ATOM      8  SOD SOD I   5       7.000   5.000   5.000  1.00  0.00      ION",
+        "END",
+    ]
+    path = tmp_path / "frame.pdb"
+    path.write_text("\n".join(lines) + "\n")
+    assert list(read_atoms(path).elements) == ["N", "C", "K", "CL", "NA"]
+    assert list(read_atoms(path, keep_waters=True).elements) == ["N", "C", "O", "K", "CL", "NA"]
+
+
 def test_read_atoms_errors(tmp_path):
     with pytest.raises(DataError, match=r"missing\.pdb: file not found"):
         read_atoms(tmp_path / "missing.pdb")
