@@ -10,6 +10,11 @@
   angles are its TILT column: the aligned angles AreTomo reconstructed with, not the nominal ones.
   Dark frames (`# DarkFrame = ...`) were left out of the reconstruction, so they are not tilts.
   ROT is the in-plane angle of the tilt axis on the raw images.
+- `.mdoc` (SerialEM): one `[ZValue = N]` section per image of the stack, in stack order, each with
+  its nominal `TiltAngle` (the stage angle, not an aligned one). The dose received before each tilt
+  is its `PriorRecordDose` where every section gives one, else the sum of the `ExposureDose` of the
+  images acquired before it (by `DateTime`, else stack order); no doses where neither is recorded
+  (or all are 0, an uncalibrated camera). `TiltAxisAngle` (header or sections) is the axis angle.
 - `.star` (RELION 5): either a tilt-series STAR file (a `data_<tomogram>` block with one row per
   tilt) or the `tomograms.star` of a Reconstruct job, whose row for the tomogram (rlnTomoName;
   `tomogram` picks it when the file holds several) names its tilt-series STAR
@@ -29,6 +34,7 @@ or the block, row and column (STAR files).
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 from pathlib import Path
@@ -40,7 +46,7 @@ from .errors import DataError
 
 __all__ = ["TiltSeries", "read_tilt_series", "read_tilt_angles", "TILT_SUFFIXES"]
 
-TILT_SUFFIXES = (".tlt", ".rawtlt", ".aln", ".star")
+TILT_SUFFIXES = (".tlt", ".rawtlt", ".aln", ".mdoc", ".star")
 
 
 @attrs.frozen
@@ -66,14 +72,15 @@ def read_tilt_angles(path: str | os.PathLike, tomogram: str | None = None) -> li
 
 
 def read_tilt_series(path: str | os.PathLike, tomogram: str | None = None) -> TiltSeries:
-    """The tilt series in `path` (.tlt, .rawtlt, .aln or a RELION 5 .star); `tomogram` names the
+    """The tilt series in `path` (.tlt, .rawtlt, .aln, .mdoc or a RELION 5 .star); `tomogram` names the
     tomogram in a STAR file that holds several. DataError for anything unreadable or implausible."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".star":
         return _relion(path, tomogram)
     text = _text(path)
-    return _aretomo(path, text) if suffix == ".aln" else _imod(path, text)
+    readers = {".aln": _aretomo, ".mdoc": _mdoc}
+    return readers.get(suffix, _imod)(path, text)
 
 
 def _text(path: Path) -> str:
@@ -145,6 +152,91 @@ def _aretomo(path: Path, text: str) -> TiltSeries:
     if columns is None:
         raise DataError(f"tilt file {path}: no '# {' '.join(ALN_COLUMNS)}' header: not an AreTomo .aln file")
     return TiltSeries(path=path, angles=_checked(path, angles, where), axis_angle=float(np.median(axes)) if axes else None)
+
+
+# -- SerialEM ---------------------------------------------------------------------------------------
+
+MDOC_TIMES = ("%d-%b-%y  %H:%M:%S", "%d-%b-%y %H:%M:%S", "%d-%b-%Y  %H:%M:%S", "%d-%b-%Y %H:%M:%S")
+
+
+def _mdoc_number(path: Path, number: int, key: str, value: str) -> float:
+    try:
+        return float(value.split()[0])
+    except (ValueError, IndexError):
+        raise DataError(f"tilt file {path}: line {number}: {key} {value!r} is not a number") from None
+
+
+def _mdoc_time(value: str) -> datetime.datetime | None:
+    for layout in MDOC_TIMES:
+        try:
+            return datetime.datetime.strptime(value.strip(), layout)
+        except ValueError:
+            continue
+    return None
+
+
+def _mdoc(path: Path, text: str) -> TiltSeries:
+    header: dict[str, str] = {}
+    sections: list[dict] = []  # per [ZValue = N]: its number, line and key -> (value, line)
+    for number, line in enumerate(text.splitlines(), start=1):
+        word = line.strip()
+        if not word:
+            continue
+        if word.startswith("["):
+            name, _, value = word.strip("[]").partition("=")
+            if name.strip() == "ZValue":
+                z = _mdoc_number(path, number, "ZValue", value)
+                sections.append({"z": int(z), "line": number, "keys": {}})
+            elif sections:
+                sections.append({"z": None, "line": number, "keys": {}})  # another kind of section: not an image
+            continue
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise DataError(f"tilt file {path}: line {number}: {word!r} is neither 'Key = value' nor a [section] (not a SerialEM .mdoc?)")
+        (sections[-1]["keys"] if sections else header)[key.strip()] = (value.strip(), number)
+    images = [s for s in sections if s["z"] is not None]
+    if not images:
+        raise DataError(f"tilt file {path}: no [ZValue = N] sections: not a SerialEM .mdoc file")
+    images.sort(key=lambda s: s["z"])
+    angles, where = [], []
+    for image in images:
+        if "TiltAngle" not in image["keys"]:
+            raise DataError(f"tilt file {path}: line {image['line']}: [ZValue = {image['z']}] has no TiltAngle")
+        value, number = image["keys"]["TiltAngle"]
+        angles.append(_mdoc_number(path, number, "TiltAngle", value))
+        where.append(f"line {number}, TiltAngle")
+    axis = None
+    for keys in [header, *(image["keys"] for image in images)]:
+        if "TiltAxisAngle" in keys:
+            axis = _mdoc_number(path, keys["TiltAxisAngle"][1], "TiltAxisAngle", keys["TiltAxisAngle"][0])
+            break
+    return TiltSeries(path=path, angles=_checked(path, angles, where), doses=_mdoc_doses(path, images), axis_angle=axis)
+
+
+def _mdoc_doses(path: Path, images: list[dict]) -> tuple[float, ...] | None:
+    """Pre-exposure of each image (stack order): PriorRecordDose, else the ExposureDose acquired before it."""
+    def numbers(key: str) -> list[float] | None:
+        if not all(key in image["keys"] for image in images):
+            return None
+        found = [_mdoc_number(path, image["keys"][key][1], key, image["keys"][key][0]) for image in images]
+        for value, image in zip(found, images):
+            if not (math.isfinite(value) and value >= 0):
+                raise DataError(f"tilt file {path}: line {image['keys'][key][1]}: {key} {value:g} is not a dose (e/A^2 >= 0)")
+        return found
+
+    prior = numbers("PriorRecordDose")
+    if prior is not None:
+        return tuple(prior)
+    exposure = numbers("ExposureDose")
+    if exposure is None or not any(exposure):
+        return None
+    times = [_mdoc_time(image["keys"].get("DateTime", ("", 0))[0]) for image in images]
+    order = sorted(range(len(images)), key=lambda i: times[i]) if all(times) else list(range(len(images)))
+    doses, total = [0.0] * len(images), 0.0
+    for i in order:
+        doses[i] = total
+        total += exposure[i]
+    return tuple(doses)
 
 
 # -- RELION 5 ---------------------------------------------------------------------------------------

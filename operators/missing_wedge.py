@@ -12,14 +12,14 @@ cycles per voxel (per-axis `fftfreq(nz)`, `fftfreq(ny)`, `fftfreq(nx)`, `cryoinv
 voxels are cubic), so the wedge has the same angles in space whatever the box.
 
 Tilts. `tilt_min` / `tilt_max` in degrees, or `tilt_file`: an IMOD / Warp `.tlt` / `.rawtlt`, an
-AreTomo `.aln` (its aligned TILT column) or a RELION 5 tilt-series or tomograms `.star` file
+AreTomo `.aln` (its aligned TILT column), a SerialEM `.mdoc` or a RELION 5 tilt-series or tomograms `.star` file
 (`cryoinverse.tilts.read_tilt_series`; `tomogram` names the tomogram in a file of several) whose
 lowest and highest angles set the range. A RELION tomograms.star row that names half-set
 tomograms (rlnTomoReconstructedTomogramHalf1/2) gives `half_maps` when no other noise is given.
 With `discrete_tilts` only the planes of the file's angles are measured, each a slab of
 `plane_thickness` Fourier samples of the box's longest edge: |k . d_theta| <= plane_thickness /
 (2 n_ref), d_theta the beam direction (beyond the Crowther frequency the planes no longer touch).
-With `dose_limit` as well (a file that gives each tilt's dose, RELION's rlnMicrographPreExposure)
+With `dose_limit` as well (a file that gives each tilt's dose: RELION's rlnMicrographPreExposure, SerialEM's)
 each plane ends at the frequency its pre-exposure D has destroyed: where D exceeds the optimal
 exposure 2.51284 N_e(k) of Grant & Grigorieff (2015), N_e(k) = 0.245 k^-1.665 + 2.81 e/A^2 (k in
 1/A, measured at 300 kV), i.e. |k| <= ((D / 2.51284 - 2.81) / 0.245)^(-1 / 1.665) (no limit while
@@ -153,7 +153,7 @@ class MissingWedge(HalfMapNoise):
     tilt_max: float | None = param(None, help="highest tilt angle in degrees (default 60, or the tilt file's highest)", validator=_angle)
     tilt_axis: str = param("y", help="tilt axis: y or x", validator=one_of("y", "x"))
     tilt_file: Path | None = param(
-        None, help="tilt series: IMOD/Warp .tlt/.rawtlt, AreTomo .aln (aligned angles) or RELION 5 tilt-series/tomograms .star: sets tilt_min and tilt_max"
+        None, help="tilt series: IMOD/Warp .tlt/.rawtlt, AreTomo .aln (aligned angles), SerialEM .mdoc or RELION 5 tilt-series/tomograms .star: sets tilt_min and tilt_max"
     )
     tomogram: str | None = param(None, help="with a RELION .star tilt_file holding several tomograms: the rlnTomoName of this one")
     discrete_tilts: bool = param(False, help="measure only the planes of the tilt file's angles, not the whole range between them (needs tilt_file)")

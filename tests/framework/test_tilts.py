@@ -193,3 +193,60 @@ def test_bad_relion_files_name_the_block_row_and_column(tmp_path):
     other.write_text("data_particles\nloop_\n_rlnImageName #1\n1@a.mrcs\n")
     with pytest.raises(DataError, match="no tilt table .* not a RELION 5 tilt-series or tomograms STAR file"):
         read_tilt_series(other)
+
+
+def mdoc(sections: list[dict], header: str = "PixelSpacing = 2.7\nImageFile = TS_01.mrc\nTiltAxisAngle = 84.7\n") -> str:
+    """A SerialEM .mdoc: header lines, then one [ZValue = N] section per image (as SerialEM writes)."""
+    out = [header, "[T = SerialEM: Digitized on EMBL Krios   07-Dec-26  10:00:00]", ""]
+    for z, keys in enumerate(sections):
+        out.append(f"[ZValue = {z}]")
+        out += [f"{k} = {v}" for k, v in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def test_serialem_mdoc_gives_angles_axis_and_pre_exposure(tmp_path):
+    from cryoinverse.tilts import read_tilt_series
+
+    # a dose-symmetric series stored in angular order (0, -3, +3 acquired first): the pre-exposure
+    # follows the acquisition times, not the stack order
+    acquired = {0.0: 0, 3.0: 1, -3.0: 2, -6.0: 3, 6.0: 4}
+    angles = [-6.0, -3.0, 0.0, 3.0, 6.0]
+    sections = [
+        {"TiltAngle": f"{a:.2f}", "StagePosition": "10.1 -3.2", "ExposureDose": "3.5",
+         "DateTime": f"07-Dec-26  10:0{acquired[a]}:30"} for a in angles
+    ]
+    path = tmp_path / "TS_01.mdoc"
+    path.write_text(mdoc(sections))
+    series = read_tilt_series(path)
+    assert series.angles == tuple(angles) and series.axis_angle == pytest.approx(84.7)
+    assert series.doses == pytest.approx([3.5 * acquired[a] for a in angles])  # 10.5, 3.5, 0, 7, 14
+    # PriorRecordDose, where every image has it, is taken as it is
+    for s, d in zip(sections, [9.0, 2.0, 0.0, 4.0, 11.0]):
+        s["PriorRecordDose"] = f"{d}"
+    path.write_text(mdoc(sections))
+    assert read_tilt_series(path).doses == (9.0, 2.0, 0.0, 4.0, 11.0)
+    # no dose calibration (ExposureDose 0) and no times: angles only
+    path.write_text(mdoc([{"TiltAngle": f"{a}", "ExposureDose": "0"} for a in angles], header="PixelSpacing = 2.7\n"))
+    series = read_tilt_series(path)
+    assert series.doses is None and series.axis_angle is None
+    assert read_tilt_angles(path) == angles
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("PixelSpacing = 2.7\n", "no [ZValue = N] sections"),
+        ("[ZValue = 0]\nTiltAngle = 0\n[ZValue = 1]\nExposureDose = 3\n", "line 3: [ZValue = 1] has no TiltAngle"),
+        ("[ZValue = 0]\nTiltAngle = zero\n", "line 2: TiltAngle 'zero' is not a number"),
+        ("[ZValue = 0]\nTiltAngle = 0\n[ZValue = 1]\nTiltAngle 3\n", "line 4: 'TiltAngle 3' is neither"),
+        ("[ZValue = 0]\nTiltAngle = 0\nPriorRecordDose = -1\n[ZValue = 1]\nTiltAngle = 3\nPriorRecordDose = 2\n", "line 3: PriorRecordDose -1 is not a dose"),
+    ],
+)
+def test_bad_mdoc_files_name_the_line_and_key(tmp_path, text, message):
+    from cryoinverse.tilts import read_tilt_series
+
+    path = tmp_path / "bad.mdoc"
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"tilt file {path}: " + __import__("re").escape(message)):
+        read_tilt_series(path)

@@ -251,6 +251,14 @@ def test_dose_limit_ends_each_plane_where_its_dose_destroyed_the_signal(tmp_path
     want = (iz == -ix) | (iz == ix) | ((iz == 0) & (radius_a <= k_limit))
     np.testing.assert_array_equal(op.mask(n).numpy(), want)
     assert 0 < int(((iz == 0) & ~want).sum())  # the limit cut something on this box
+    # the same doses as SerialEM records them: the same planes
+    from tests.framework.test_tilts import mdoc
+
+    serialem = tmp_path / "TS_01.mdoc"
+    serialem.write_text(mdoc([{"TiltAngle": a, "PriorRecordDose": d} for a, d in ((-45.0, 0.0), (0.0, 60.0), (45.0, 0.0))]))
+    from_mdoc = MissingWedge(tilt_file=serialem, discrete_tilts=True, dose_limit=True, noise_variance=0.01)
+    from_mdoc.prepare(PrepareContext(shape=(16, 16, 16), voxel_size=voxel, device=torch.device("cpu")))
+    np.testing.assert_array_equal(from_mdoc.mask(n).numpy(), want)
 
 
 def test_dose_limit_and_tomogram_need_what_they_use(tmp_path):
