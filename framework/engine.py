@@ -181,7 +181,8 @@ def execute(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputWarning)
             report["half_maps"], half_warnings = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
-        warnings_ += [w for w in _input_warnings(caught) if w not in warnings_] + half_warnings
+        _input_warnings(caught)  # the halves are noisier copies of the map the components already checked
+        warnings_ += half_warnings
         timings["half_maps_s"] = time.perf_counter() - t2
     warnings_ += _absurd(mean, observation)
     report["warnings"] = warnings_
@@ -309,7 +310,11 @@ def _halves_of(spec: TaskSpec) -> tuple[Any, tuple[Volume, Volume]] | None:
 
 
 STRONG_FSC = 0.5  # half-map FSC above which a shell's data are strong enough to hold the prior to them
-OVERRIDE_MARGIN = 0.1  # how far FSC(restored, input) may fall below FSC(input, truth) there before we warn
+OVERRIDE_MARGIN = 0.1  # how far FSC(restored, input) may fall below FSC(input, truth) in one such shell before we warn
+# ... and on average over them. A restoration that keeps the data shares the input's noise and agrees
+# with it more than the truth does (measured: mean shortfall -0.013 to -0.019 on 9 runs where the
+# prior helped); the 70S test volume, which the prior makes worse, falls short by 0.059 on average.
+OVERRIDE_MEAN_MARGIN = 0.02
 
 
 def check_half_maps(
@@ -327,8 +332,9 @@ def check_half_maps(
     - `agreement`: per shell, FSC(A restored, input) (A the operator's forward: only what was
       measured, e.g. outside a missing wedge) against the FSC the input itself has with the
       truth, sqrt(2 F / (1 + F)) (F the half-map FSC). A restoration equal to the truth reaches
-      that value; one well below it, in shells where the data are strong (F >= 0.5), replaced
-      measured density by the prior's: a warning names those shells.
+      that value, one that keeps the data exceeds it (it shares the input's noise); one below it
+      where the data are strong (F >= 0.5), by OVERRIDE_MARGIN in a shell or OVERRIDE_MEAN_MARGIN on
+      average (`shortfall_mean`), replaced measured density by the prior's: a warning says where.
     """
     from .metrics import fsc, resolution_at
 
@@ -348,6 +354,7 @@ def check_half_maps(
     resolutions = [n * vs / r for r in range(1, f_in.numel())]
     strong = [r for r in range(1, f_in.numel()) if f_in[r] >= STRONG_FSC]
     overridden = [r for r in strong if agreement[r] < expected[r] - OVERRIDE_MARGIN]
+    shortfall = float((expected[strong] - agreement[strong]).mean()) if strong else None
     report = {
         "input": {"auc": float(f_in[1:].mean()), "resolution_0.143": resolution_at(f_in, vs, 0.143, n)},
         "restored": {"auc": float(f_out[1:].mean()), "resolution_0.143": resolution_at(f_out, vs, 0.143, n)},
@@ -357,14 +364,16 @@ def check_half_maps(
             for r, res in zip(range(1, f_in.numel()), resolutions)
         ],
         "overridden_resolutions_A": [n * vs / r for r in overridden],
+        "shortfall_mean": shortfall,
         "directional": {"input": directional_report(h1, h2, vs), "restored": directional_report(restored_halves[0], restored_halves[1], vs)},
     }
     warnings_ = []
-    if overridden:
-        worst = max(overridden, key=lambda r: float(expected[r] - agreement[r]))
+    if overridden or (shortfall is not None and shortfall > OVERRIDE_MEAN_MARGIN):
+        worst = max(strong, key=lambda r: float(expected[r] - agreement[r]))
         warnings_.append(
             f"the prior overrode the data in {len(overridden)} of {len(strong)} well-measured shells "
-            f"(half-map FSC >= {STRONG_FSC}): at {n * vs / worst:.1f} A the restoration agrees with the input "
+            f"(half-map FSC >= {STRONG_FSC}) and by {shortfall:.3f} in FSC on average over them: the restoration should agree "
+            f"with the input at least as well as the truth does, but at {n * vs / worst:.1f} A it agrees "
             f"(FSC {float(agreement[worst]):.2f}) less than the input agrees with the truth ({float(expected[worst]):.2f}); "
             "check the noise model, the density scale ([prior] scale) or lower the guidance's trust in the prior"
         )

@@ -57,6 +57,27 @@ def test_report_gives_the_half_map_fsc_and_each_half_restored(halves):
     assert checks["overridden_resolutions_A"] == [] and report["warnings"] == []
 
 
+def test_the_mean_shortfall_over_strong_shells(halves):
+    """shortfall_mean = mean over shells with half-map FSC >= 0.5 of sqrt(2F / (1 + F)) - FSC(restored, input),
+    float64 from the maps; a posterior mean shares the input's noise, so it agrees with the input more
+    than the truth does (shortfall < 0), while samples that ignore the data fall far short."""
+    from cryoinverse.engine import OVERRIDE_MEAN_MARGIN
+
+    p1, p2, h1, h2 = halves
+    result = execute(_spec((p1, p2), FlowPosteriorEuler(steps=10, guidance="exact")))
+    f_in = fsc_np(h1.data.double().numpy(), h2.data.double().numpy())[1:]
+    observation = (h1.data.double().numpy() + h2.data.double().numpy()) / 2
+    agreement = fsc_np(result.volume.data.double().numpy(), observation)[1:]
+    strong = f_in >= 0.5
+    expected = np.sqrt(2 * np.clip(f_in, 0, None) / (1 + np.clip(f_in, 0, None)))
+    shortfall = result.report["half_maps"]["shortfall_mean"]
+    assert shortfall == pytest.approx(float((expected[strong] - agreement[strong]).mean()), abs=1e-5)
+    assert shortfall < 0
+    spec = _spec((p1, p2), PriorSampler(steps=10))
+    spec.prior = GaussianPrior(power_from=p1)
+    assert execute(spec).report["half_maps"]["shortfall_mean"] > OVERRIDE_MEAN_MARGIN
+
+
 def test_a_restoration_that_ignores_the_data_is_flagged(halves):
     """Unconditional prior samples agree with the input far less than the input agrees with the truth."""
     p1, p2, *_ = halves

@@ -58,8 +58,9 @@ def test_a_box_that_is_not_one_or_three_positive_edges_is_refused():
 
 
 def test_input_warnings_of_components_go_to_the_report_once(tmp_path):
-    """A prior that warns (InputWarning) in prepare: the report lists it once, though prepare runs for the
-    map and for each half map; it is not also shown as a Python warning (the CLI prints the report's)."""
+    """A prior that warns (InputWarning) in prepare: the report lists it once (prepare also runs for each
+    half map, whose warnings are dropped: noisier copies of the same map); it is not also shown as a Python
+    warning (the CLI prints the report's)."""
     import warnings
 
     from cryoinverse.errors import InputWarning
