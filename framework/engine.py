@@ -312,7 +312,7 @@ def _halves_of(spec: TaskSpec) -> tuple[Any, tuple[Volume, Volume]] | None:
 STRONG_FSC = 0.5  # half-map FSC above which a shell's data are strong enough to hold the prior to them
 OVERRIDE_MARGIN = 0.1  # how far FSC(restored, input) may fall below FSC(input, truth) in one such shell before we warn
 # ... and on average over them. A restoration that keeps the data shares the input's noise and agrees
-# with it more than the truth does (measured: mean shortfall -0.013 to -0.019 on 9 runs where the
+# with it more than the truth does (measured: mean shortfall -0.013 to -0.019 on 10 runs where the
 # prior helped); the 70S test volume, which the prior makes worse, falls short by 0.059 on average.
 OVERRIDE_MEAN_MARGIN = 0.02
 
