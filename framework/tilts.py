@@ -14,12 +14,13 @@
   its nominal `TiltAngle` (the stage angle, not an aligned one). The dose received before each tilt
   is its `PriorRecordDose` where every section gives one, else the sum of the `ExposureDose` of the
   images acquired before it (by `DateTime`, else stack order); no doses where neither is recorded
-  (or all are 0, an uncalibrated camera). `TiltAxisAngle` (header or sections) is the axis angle.
+  (or all are 0, an uncalibrated camera). `TiltAxisAngle` (header or sections) is the axis angle,
+  `Voltage` the acceleration voltage (kV).
 - `.star` (RELION 5): either a tilt-series STAR file (a `data_<tomogram>` block with one row per
   tilt) or the `tomograms.star` of a Reconstruct job, whose row for the tomogram (rlnTomoName;
   `tomogram` picks it when the file holds several) names its tilt-series STAR
-  (rlnTomoTiltSeriesStarFile) and, when the job wrote them for denoising, its half-set
-  tomograms (rlnTomoReconstructedTomogramHalf1/2). In a tilt-series STAR the angles are
+  (rlnTomoTiltSeriesStarFile), its voltage (rlnVoltage, kV) and, when the job wrote them for
+  denoising, its half-set tomograms (rlnTomoReconstructedTomogramHalf1/2). In a tilt-series STAR the angles are
   rlnTomoYTilt (aligned), or rlnTomoNominalStageTiltAngle where no alignment is recorded; the
   dose received before each tilt is rlnMicrographPreExposure (e/A^2); the tilt axis
   rlnTomoZRot (aligned) or rlnTomoNominalTiltAxisAngle. RELION paths are relative to the project
@@ -59,6 +60,7 @@ class TiltSeries:
     axis_angle: float | None = None  # in-plane angle of the tilt axis on the raw images (degrees), where given
     half_maps: tuple[Path, Path] | None = None  # odd/even (half-set) tomograms, where the file names them
     tilt_series_file: Path | None = None  # RELION: the tilt-series STAR a tomograms.star pointed to
+    voltage: float | None = None  # acceleration voltage in kV, where the file records it
 
     @property
     def range(self) -> tuple[float, float]:
@@ -210,7 +212,12 @@ def _mdoc(path: Path, text: str) -> TiltSeries:
         if "TiltAxisAngle" in keys:
             axis = _mdoc_number(path, keys["TiltAxisAngle"][1], "TiltAxisAngle", keys["TiltAxisAngle"][0])
             break
-    return TiltSeries(path=path, angles=_checked(path, angles, where), doses=_mdoc_doses(path, images), axis_angle=axis)
+    voltage = None
+    for keys in [header, *(image["keys"] for image in images)]:
+        if "Voltage" in keys:
+            voltage = _mdoc_number(path, keys["Voltage"][1], "Voltage", keys["Voltage"][0])
+            break
+    return TiltSeries(path=path, angles=_checked(path, angles, where), doses=_mdoc_doses(path, images), axis_angle=axis, voltage=voltage)
 
 
 def _mdoc_doses(path: Path, images: list[dict]) -> tuple[float, ...] | None:
@@ -246,6 +253,7 @@ HALF_COLUMNS = ("rlnTomoReconstructedTomogramHalf1", "rlnTomoReconstructedTomogr
 ANGLE_COLUMNS = ("rlnTomoYTilt", "rlnTomoNominalStageTiltAngle")  # aligned first
 AXIS_COLUMNS = ("rlnTomoZRot", "rlnTomoNominalTiltAxisAngle")
 DOSE_COLUMN = "rlnMicrographPreExposure"
+VOLTAGE_COLUMN = "rlnVoltage"  # kV, in tomograms.star
 
 
 def _blocks(path: Path):
@@ -301,7 +309,8 @@ def _tomograms_star(path: Path, block, tomogram: str | None) -> TiltSeries:
     halves = None
     if all(c in block.table for c in HALF_COLUMNS):
         halves = tuple(project_path(path, str(block.table[c][row]), f"{where}, column {c}") for c in HALF_COLUMNS)
-    return attrs.evolve(series, path=path, half_maps=halves, tilt_series_file=tilt_star)
+    voltage = float(_numbers(path, block, VOLTAGE_COLUMN)[row]) if VOLTAGE_COLUMN in block.table else None
+    return attrs.evolve(series, path=path, half_maps=halves, tilt_series_file=tilt_star, voltage=voltage)
 
 
 def _numbers(path: Path, block, column: str) -> np.ndarray:

@@ -23,7 +23,9 @@ With `dose_limit` as well (a file that gives each tilt's dose: RELION's rlnMicro
 each plane ends at the frequency its pre-exposure D has destroyed: where D exceeds the optimal
 exposure 2.51284 N_e(k) of Grant & Grigorieff (2015), N_e(k) = 0.245 k^-1.665 + 2.81 e/A^2 (k in
 1/A, measured at 300 kV), i.e. |k| <= ((D / 2.51284 - 2.81) / 0.245)^(-1 / 1.665) (no limit while
-D / 2.51284 <= 2.81); this needs the map's voxel size.
+D / 2.51284 <= 2.81); this needs the map's voxel size. At other voltages N_e is scaled
+(`critical_exposure_factor`: 0.8 at 200 kV, 0.532 at 100 kV, linear in between); the voltage is
+`voltage`, else the tilt file's (RELION rlnVoltage, SerialEM Voltage), else 300 kV.
 
 Noise, one of (per coefficient k: E|F(n)_k|^2 = N_k, ortho FFT):
 - `noise_variance`: white, N_k = noise_variance (the default, 1e-4, when nothing else is given);
@@ -66,12 +68,28 @@ NOISE_SOURCES = ("noise_variance", "noise_power", "half_maps", "background_noise
 TILT_TOLERANCE = 1e-3  # degrees: a tilt_min / tilt_max this close to the tilt file's extreme agrees with it
 OPTIMAL_EXPOSURE = 2.51284  # optimal / critical exposure (Grant & Grigorieff 2015)
 CRITICAL_EXPOSURE = (0.245, -1.665, 2.81)  # N_e(k) = a k^b + c, e/A^2, k in 1/A (300 kV)
+# N_e at other voltages: times these factors (kV, factor), linear in between. 200 kV: 0.8, the 20% lower
+# critical exposure Grant & Grigorieff (2015) give; 100 kV: 0.532, as cisTEM's dose filter takes it.
+VOLTAGE_FACTORS = ((100.0, 0.532), (200.0, 0.8), (300.0, 1.0))
+DEFAULT_VOLTAGE = 300.0
 
 
-def dose_limit_frequency(dose: float) -> float:
-    """The highest spatial frequency (1/A) a plane keeps after a pre-exposure of `dose` e/A^2 (inf: all)."""
+def critical_exposure_factor(voltage: float) -> float:
+    """The factor on N_e(k) at `voltage` kV (1 at 300 kV); ValueError outside 100-300 kV."""
+    low, high = VOLTAGE_FACTORS[0][0], VOLTAGE_FACTORS[-1][0]
+    if not (math.isfinite(voltage) and low <= voltage <= high):
+        raise ValueError(f"voltage: {voltage:g} kV is outside {low:g}-{high:g} kV, where the critical exposure is known")
+    for (v0, f0), (v1, f1) in zip(VOLTAGE_FACTORS, VOLTAGE_FACTORS[1:]):
+        if voltage <= v1:
+            return f0 + (f1 - f0) * (voltage - v0) / (v1 - v0)
+    return VOLTAGE_FACTORS[-1][1]
+
+
+def dose_limit_frequency(dose: float, voltage: float = DEFAULT_VOLTAGE) -> float:
+    """The highest spatial frequency (1/A) a plane keeps after a pre-exposure of `dose` e/A^2 at
+    `voltage` kV (inf: all)."""
     a, b, c = CRITICAL_EXPOSURE
-    excess = dose / OPTIMAL_EXPOSURE - c
+    excess = dose / (OPTIMAL_EXPOSURE * critical_exposure_factor(voltage)) - c
     return math.inf if excess <= 0 else (excess / a) ** (1.0 / b)
 
 
@@ -158,6 +176,7 @@ class MissingWedge(HalfMapNoise):
     tomogram: str | None = param(None, help="with a RELION .star tilt_file holding several tomograms: the rlnTomoName of this one")
     discrete_tilts: bool = param(False, help="measure only the planes of the tilt file's angles, not the whole range between them (needs tilt_file)")
     dose_limit: bool = param(False, help="with discrete_tilts: each plane ends at the frequency its tilt's pre-exposure destroyed (needs doses in tilt_file)")
+    voltage: float | None = param(None, help="with dose_limit: acceleration voltage in kV, 100-300 (default: the tilt file's, else 300)")
     plane_thickness: float = param(1.0, help="with discrete_tilts: thickness of each measured plane, in Fourier samples of the longest edge", validator=positive)
     noise_variance: float | None = param(
         None, help="white noise variance on the measured coefficients (0 = noise-free; 1e-4 when no other noise is given)", validator=non_negative
@@ -192,6 +211,12 @@ class MissingWedge(HalfMapNoise):
             raise ValueError("dose_limit needs discrete_tilts (it limits each tilt's plane)")
         if self.dose_limit and self._series.doses is None:
             raise ValueError(f"dose_limit: tilt_file {self.tilt_file} gives no doses (RELION's rlnMicrographPreExposure does)")
+        if self.voltage is not None:
+            if not self.dose_limit:
+                raise ValueError("voltage is used by dose_limit only; set dose_limit = true or leave voltage out")
+            critical_exposure_factor(self.voltage)  # refuses an unknown voltage now, not at run time
+        elif self.dose_limit:
+            critical_exposure_factor(self.dose_voltage)
         if self.tilt_min is None:
             self.tilt_min = DEFAULT_TILTS[0]
         if self.tilt_max is None:
@@ -235,7 +260,15 @@ class MissingWedge(HalfMapNoise):
             return None
         if self._voxel_size is None:
             raise SpecError("[operator] dose_limit: the map's voxel size is needed (from its header or [inputs] voxel_size)")
-        return [dose_limit_frequency(d) * self._voxel_size for d in self._series.doses]
+        return [dose_limit_frequency(d, self.dose_voltage) * self._voxel_size for d in self._series.doses]
+
+    @property
+    def dose_voltage(self) -> float:
+        """The voltage (kV) dose_limit uses: `voltage`, else the tilt file's, else 300."""
+        if self.voltage is not None:
+            return self.voltage
+        recorded = self._series.voltage if self._series is not None else None
+        return recorded if recorded is not None else DEFAULT_VOLTAGE
 
     @property
     def tilt_series(self) -> TiltSeries | None:

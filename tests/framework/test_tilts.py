@@ -167,7 +167,7 @@ def test_relion_tomograms_star_names_the_tilt_series_and_half_tomograms(tmp_path
     with pytest.raises(DataError, match="no tomograms named 'TS_9' here"):
         read_tilt_series(star, "TS_9")
     series = read_tilt_series(star, "TS_02")
-    assert series.angles == (-58.0, 1.0, 61.0) and series.doses == (6.0, 0.0, 3.0)
+    assert series.angles == (-58.0, 1.0, 61.0) and series.doses == (6.0, 0.0, 3.0) and series.voltage == 300.0
     job = (tmp_path / "Tomograms" / "job007").resolve()
     assert series.tilt_series_file == job / "tilt_series" / "TS_02.star"
     assert series.half_maps == (job / "tomograms" / "rec_TS_02_half1.mrc", job / "tomograms" / "rec_TS_02_half2.mrc")
@@ -217,9 +217,9 @@ def test_serialem_mdoc_gives_angles_axis_and_pre_exposure(tmp_path):
          "DateTime": f"07-Dec-26  10:0{acquired[a]}:30"} for a in angles
     ]
     path = tmp_path / "TS_01.mdoc"
-    path.write_text(mdoc(sections))
+    path.write_text(mdoc(sections, header="PixelSpacing = 2.7\nVoltage = 200\nTiltAxisAngle = 84.7\n"))
     series = read_tilt_series(path)
-    assert series.angles == tuple(angles) and series.axis_angle == pytest.approx(84.7)
+    assert series.angles == tuple(angles) and series.axis_angle == pytest.approx(84.7) and series.voltage == 200.0
     assert series.doses == pytest.approx([3.5 * acquired[a] for a in angles])  # 10.5, 3.5, 0, 7, 14
     # PriorRecordDose, where every image has it, is taken as it is
     for s, d in zip(sections, [9.0, 2.0, 0.0, 4.0, 11.0]):

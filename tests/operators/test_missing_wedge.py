@@ -261,6 +261,38 @@ def test_dose_limit_ends_each_plane_where_its_dose_destroyed_the_signal(tmp_path
     np.testing.assert_array_equal(from_mdoc.mask(n).numpy(), want)
 
 
+def test_dose_limit_at_other_voltages(tmp_path):
+    """N_e(k) is 0.8 times lower at 200 kV (Grant & Grigorieff 2015), 0.532 at 100 kV, linear in between:
+    the same pre-exposure then destroys more; the voltage comes from the field, else the tilt file."""
+    from cryoinverse.operators.missing_wedge import critical_exposure_factor, dose_limit_frequency
+    from tests.framework.test_tilts import mdoc
+
+    assert [critical_exposure_factor(v) for v in (300, 200, 100, 250, 120)] == pytest.approx([1.0, 0.8, 0.532, 0.9, 0.5856], rel=1e-12)
+    for bad in (80.0, 400.0, math.nan):
+        with pytest.raises(ValueError, match="outside 100-300 kV"):
+            critical_exposure_factor(bad)
+    k_200 = ((60.0 / (2.51284 * 0.8) - 2.81) / 0.245) ** (-1 / 1.665)
+    assert dose_limit_frequency(60.0, 200.0) == pytest.approx(k_200, rel=1e-12)
+    assert dose_limit_frequency(60.0, 200.0) < dose_limit_frequency(60.0)
+    assert dose_limit_frequency(2.51284 * 2.81 * 0.8 * (1 - 1e-9), 200.0) == math.inf  # at the floor: no limit
+
+    path = tmp_path / "TS_01.mdoc"
+    path.write_text(mdoc([{"TiltAngle": a, "PriorRecordDose": d} for a, d in ((-45.0, 0.0), (0.0, 60.0), (45.0, 0.0))],
+                         header="Voltage = 200\n"))
+    ctx = PrepareContext(shape=(16, 16, 16), voxel_size=4.0, device=torch.device("cpu"))
+    masks = {}
+    for name, voltage in (("file", None), ("300", 300.0), ("200", 200.0)):
+        op = MissingWedge(tilt_file=path, discrete_tilts=True, dose_limit=True, voltage=voltage, noise_variance=0.01)
+        op.prepare(ctx)
+        masks[name] = op.mask(16)
+    assert torch.equal(masks["file"], masks["200"])  # the file's Voltage = 200
+    assert int(masks["300"].sum()) > int(masks["200"].sum())  # 300 kV keeps more of the 0 tilt's plane
+    with pytest.raises(ValueError, match="voltage is used by dose_limit only"):
+        MissingWedge(tilt_file=path, voltage=200.0)
+    with pytest.raises(ValueError, match="voltage: 400 kV is outside"):
+        MissingWedge(tilt_file=path, discrete_tilts=True, dose_limit=True, voltage=400.0)
+
+
 def test_dose_limit_and_tomogram_need_what_they_use(tmp_path):
     with pytest.raises(ValueError, match="dose_limit needs discrete_tilts"):
         MissingWedge(tilt_file=_tilt_file(tmp_path, [-30, 0, 30]), dose_limit=True)
