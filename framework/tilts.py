@@ -207,17 +207,18 @@ def _mdoc(path: Path, text: str) -> TiltSeries:
         value, number = image["keys"]["TiltAngle"]
         angles.append(_mdoc_number(path, number, "TiltAngle", value))
         where.append(f"line {number}, TiltAngle")
-    axis = None
-    for keys in [header, *(image["keys"] for image in images)]:
-        if "TiltAxisAngle" in keys:
-            axis = _mdoc_number(path, keys["TiltAxisAngle"][1], "TiltAxisAngle", keys["TiltAxisAngle"][0])
-            break
-    voltage = None
-    for keys in [header, *(image["keys"] for image in images)]:
-        if "Voltage" in keys:
-            voltage = _mdoc_number(path, keys["Voltage"][1], "Voltage", keys["Voltage"][0])
-            break
+    places = [header, *(image["keys"] for image in images)]
+    axis, voltage = (_mdoc_first(path, places, key) for key in ("TiltAxisAngle", "Voltage"))
     return TiltSeries(path=path, angles=_checked(path, angles, where), doses=_mdoc_doses(path, images), axis_angle=axis, voltage=voltage)
+
+
+def _mdoc_first(path: Path, places: list[dict], key: str) -> float | None:
+    """The number under `key` in the header, else in the first image section that has it."""
+    for keys in places:
+        if key in keys:
+            value, number = keys[key]
+            return _mdoc_number(path, number, key, value)
+    return None
 
 
 def _mdoc_doses(path: Path, images: list[dict]) -> tuple[float, ...] | None:

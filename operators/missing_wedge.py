@@ -211,12 +211,13 @@ class MissingWedge(HalfMapNoise):
             raise ValueError("dose_limit needs discrete_tilts (it limits each tilt's plane)")
         if self.dose_limit and self._series.doses is None:
             raise ValueError(f"dose_limit: tilt_file {self.tilt_file} gives no doses (RELION's rlnMicrographPreExposure does)")
-        if self.voltage is not None:
-            if not self.dose_limit:
-                raise ValueError("voltage is used by dose_limit only; set dose_limit = true or leave voltage out")
-            critical_exposure_factor(self.voltage)  # refuses an unknown voltage now, not at run time
-        elif self.dose_limit:
-            critical_exposure_factor(self.dose_voltage)
+        if self.voltage is not None and not self.dose_limit:
+            raise ValueError("voltage is used by dose_limit only; set dose_limit = true or leave voltage out")
+        if self.dose_limit:  # an unknown voltage is refused now, not at run time
+            try:
+                critical_exposure_factor(self.dose_voltage)
+            except ValueError as exc:
+                raise ValueError(str(exc) if self.voltage is not None else f"{exc} (recorded in tilt_file {self.tilt_file}; give voltage)") from None
         if self.tilt_min is None:
             self.tilt_min = DEFAULT_TILTS[0]
         if self.tilt_max is None:

@@ -291,6 +291,10 @@ def test_dose_limit_at_other_voltages(tmp_path):
         MissingWedge(tilt_file=path, voltage=200.0)
     with pytest.raises(ValueError, match="voltage: 400 kV is outside"):
         MissingWedge(tilt_file=path, discrete_tilts=True, dose_limit=True, voltage=400.0)
+    path.write_text(path.read_text().replace("Voltage = 200", "Voltage = 0"))
+    with pytest.raises(ValueError, match=r"voltage: 0 kV is outside 100-300 kV.*recorded in tilt_file .*TS_01.mdoc; give voltage"):
+        MissingWedge(tilt_file=path, discrete_tilts=True, dose_limit=True)
+    MissingWedge(tilt_file=path, discrete_tilts=True, dose_limit=True, voltage=300.0)  # the field overrides the file
 
 
 def test_dose_limit_and_tomogram_need_what_they_use(tmp_path):
