@@ -370,12 +370,13 @@ def check_half_maps(
     warnings_ = []
     if overridden or (shortfall is not None and shortfall > OVERRIDE_MEAN_MARGIN):
         worst = max(strong, key=lambda r: float(expected[r] - agreement[r]))
+        shells = f", by more than {OVERRIDE_MARGIN:g} in {len(overridden)} of them" if overridden else ""
         warnings_.append(
-            f"the prior overrode the data in {len(overridden)} of {len(strong)} well-measured shells "
-            f"(half-map FSC >= {STRONG_FSC}) and by {shortfall:.3f} in FSC on average over them: the restoration should agree "
-            f"with the input at least as well as the truth does, but at {n * vs / worst:.1f} A it agrees "
-            f"(FSC {float(agreement[worst]):.2f}) less than the input agrees with the truth ({float(expected[worst]):.2f}); "
-            "check the noise model, the density scale ([prior] scale) or lower the guidance's trust in the prior"
+            f"the prior overrode the data where they are strong (half-map FSC >= {STRONG_FSC}): over {len(strong)} such shells "
+            f"the restoration agrees with the input {shortfall:.3f} less in FSC, on average, than the input agrees with the truth{shells} "
+            f"(worst at {n * vs / worst:.1f} A: {float(agreement[worst]):.2f} against {float(expected[worst]):.2f}), where a "
+            "restoration that keeps the data agrees more; check the noise model, the density scale ([prior] scale) "
+            "or lower the guidance's trust in the prior"
         )
     return report, warnings_
 

@@ -381,13 +381,19 @@ def negative_mass_ratio(data: torch.Tensor, voxel_size: float | None, resolution
     return float(-low.clamp(max=0.0).sum()) / positive if positive > 0 else math.inf
 
 
-def check_density(data: torch.Tensor, voxel_size: float | None) -> None:
+def check_density(data: torch.Tensor, voxel_size: float | None, observation: torch.Tensor | None = None) -> None:
     """Warn (`InputWarning`) when the map is far from a non-negative density on a zero solvent.
 
     CryoFM-1 units clip densities below 0, and the prior was trained on densities: a map whose
     `negative_mass_ratio` reaches NEGATIVE_LIMIT (zero mean: normalised or high-pass filtered;
-    dark density) is unlike every training map.
+    dark density) is unlike every training map. `data` is best the Wiener estimate of the clean
+    map; with the `observation` it came from, a map that is mostly noise at CHECK_RESOLUTION (the
+    estimate keeps under half the observation's RMS there: a chunk of empty ice) is not judged.
     """
+    if observation is not None:
+        kept = float(low_pass(data, voxel_size, CHECK_RESOLUTION).std())
+        if kept < 0.5 * float(low_pass(observation, voxel_size, CHECK_RESOLUTION).std()):
+            return
     ratio = negative_mass_ratio(data, voxel_size)
     if ratio >= NEGATIVE_LIMIT:
         warnings.warn(
@@ -395,7 +401,8 @@ def check_density(data: torch.Tensor, voxel_size: float | None) -> None:
             + (f"its negative mass is {ratio:.2f} times its positive mass" if math.isfinite(ratio) else "all its mass is negative")
             + " (a density has almost none). The prior models "
             "densities and may make such a map worse than its input: give the map before high-pass filtering or "
-            "normalisation, invert a map whose density is dark, or trust the data more (flow-posterior-euler: model_error)",
+            "normalisation (solvent at zero), invert a map whose density is dark, or trust the data more "
+            "(flow-posterior-euler: model_error)",
             InputWarning,
             stacklevel=2,
         )
@@ -516,9 +523,10 @@ class CryoFMPrior:
             source = source if source is not None else ctx.observation
             if source is not None:
                 self._observed_scale = percentile_scale(source.data, meta.normalization.percentile)
-        source = ctx.signal_estimate if ctx.signal_estimate is not None else ctx.observation
-        if source is not None:
-            check_density(source.data, ctx.voxel_size)
+        if ctx.signal_estimate is not None:
+            check_density(ctx.signal_estimate.data, ctx.voxel_size, ctx.observation.data if ctx.observation is not None else None)
+        elif ctx.observation is not None:
+            check_density(ctx.observation.data, ctx.voxel_size)
         self.network(ctx.device)
 
     def _check_box(self, shape: tuple[int, ...]) -> None:

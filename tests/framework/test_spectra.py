@@ -160,6 +160,13 @@ def test_cryofm_density_check():
         check_density(density - density.mean(), 1.5)
     with pytest.warns(InputWarning, match="invert"):  # dark density
         check_density(-density, 1.5)
+    # an estimate that keeps little of its observation at 30 A (mostly noise there: empty ice) is not judged
+    noise = torch.randn(density.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        check_density(0.3 * noise, 1.5, observation=noise)
+    with pytest.warns(InputWarning):
+        check_density(density - density.mean(), 1.5, observation=density - density.mean() + 0.1 * noise)
 
 
 # -- noise on the measured coefficients: odd/even tomograms, background cubes --------------------------
