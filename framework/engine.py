@@ -313,7 +313,7 @@ STRONG_FSC = 0.5  # half-map FSC above which a shell's data are strong enough to
 OVERRIDE_MARGIN = 0.1  # how far FSC(restored, input) may fall below FSC(input, truth) in one such shell before we warn
 # ... and on average over them. A restoration that keeps the data shares the input's noise and agrees
 # with it more than the truth does (measured: mean shortfall -0.013 to -0.019 on 10 runs where the
-# prior helped); the 70S test volume, which the prior makes worse, falls short by 0.059 on average.
+# prior helped); the 70S test volume, which the prior makes worse, falls short by 0.058 on average.
 OVERRIDE_MEAN_MARGIN = 0.02
 
 
