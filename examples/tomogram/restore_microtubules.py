@@ -41,12 +41,15 @@ DATA = HERE.parent.parent.parent / "shared" / "data" / "tomograms"
 TILT = 60.0
 
 
-def task_text(observation: Path, out: Path, prior: str, steps: int, samples: int = 1) -> str:
-    """The task file of one crop."""
+def task_text(observation: Path, out: Path, prior: str, steps: int, samples: int = 1, background: str = "0") -> str:
+    """The task file of one crop. The crops were rescaled to 0-255 by their source (ice near 105), so
+    the learned prior warns that their solvent is not at zero; `background` is the level it takes out."""
     if prior == "gaussian":
         prior_table, sampler = 'kind = "gaussian"', f'kind = "flow-posterior-pseudoinverse"\nsteps = {steps}'
     else:
-        prior_table, sampler = 'kind = "cryofm"\nweights = "tomo"\ntile_overlap = 8', f'kind = "flow-posterior-euler"\nsteps = {steps}'
+        level = '"mean"' if background == "mean" else background
+        prior_table = f'kind = "cryofm"\nweights = "tomo"\ntile_overlap = 8\nbackground = {level}'
+        sampler = f'kind = "flow-posterior-euler"\nsteps = {steps}'
     return f"""seed = 0
 samples = {samples}
 
@@ -176,18 +179,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: 20 learned, 50 gaussian)")
     parser.add_argument("--samples", type=int, default=None, help="posterior samples averaged into the map (default: 4 learned, 1 gaussian)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding 13pf_MT.mrc and 14pf_MT.mrc")
+    parser.add_argument("--background", default="0", help="learned prior: the solvent level taken out: a density (0: the crops as they are) or mean")
     args = parser.parse_args()
     prior = ("cryofm" if TOMO_WEIGHTS.exists() else "gaussian") if args.prior == "auto" else args.prior
     steps = args.steps or (20 if prior == "cryofm" else 50)
     samples = args.samples or (4 if prior == "cryofm" else 1)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"prior {prior}, {steps} steps, mean of {samples} samples, missing wedge ±{TILT:g}° about y, noise from background cubes")
+    print(f"prior {prior}, {steps} steps, mean of {samples} samples, missing wedge ±{TILT:g}° about y, noise from background cubes"
+          + (f", background {args.background}" if prior == "cryofm" else ""))
     for name in ("13pf_MT", "14pf_MT"):
         source = args.data / f"{name}.mrc"
         task = args.out / f"{name}.toml"
         restored = args.out / f"{name}_restored.mrc"
-        task.write_text(task_text(source.resolve(), restored.resolve(), prior, steps, samples))
+        task.write_text(task_text(source.resolve(), restored.resolve(), prior, steps, samples, args.background))
         run_task(load_spec(task), overwrite=True)
         before = read_volume(source).data.double().numpy()
         after = read_volume(restored).data.double().numpy()

@@ -138,35 +138,36 @@ def test_low_pass_is_the_gaussian_blur_of_a_gaussian():
     assert float(low_pass(x, 2.0, 1.0).max()) == pytest.approx((sigma_b**2 / (sigma_b**2 + sigma_4**2)) ** 1.5, rel=1e-6)
 
 
-def test_cryofm_density_check():
+def test_cryofm_background_floor_and_warning():
     import warnings
 
     from cryoinverse.errors import InputWarning
-    from cryoinverse.priors.cryofm import check_density, negative_mass_ratio
+    from cryoinverse.priors.cryofm import BACKGROUND_LIMIT, CryoFMPrior, background_floor
+    from cryoinverse.spectra import low_pass
 
-    # two separated blobs, +1 and -0.5: the low-pass keeps each blob's mass, so the ratio is 0.5
-    pair = _gaussian_blob(64, (16.0, 16.0, 16.0), 3.0) - 0.5 * _gaussian_blob(64, (48.0, 48.0, 48.0), 3.0)
-    assert negative_mass_ratio(pair, 2.0) == pytest.approx(0.5, abs=1e-6)
-    density = blob_density(48, seed=2, n_atoms=120, voxel_size=1.5).data.double()
-    noisy = density + 0.3 * float(density.std()) * torch.randn(density.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    assert negative_mass_ratio(density, 1.5) < 1e-6
+    # the floor is min / max of the 30 A view; a constant c adds to both (the low-pass keeps k = 0)
+    blob = _gaussian_blob(48, (24.0, 24.0, 24.0), 3.0)
+    low = low_pass(blob, 2.0, 30.0)
+    c = 0.4 * float(low.max())
+    assert background_floor(blob + c, 2.0) == pytest.approx((float(low.min()) + c) / (float(low.max()) + c), rel=1e-9)
+    assert abs(background_floor(blob, 2.0)) < 1e-3  # a density on a zero solvent reaches 0
+    density = blob_density(32, seed=2, n_atoms=80, voxel_size=1.5)
+    raised = density.with_data(density.data + 0.4 * float(density.data.max()))
+    assert background_floor(raised.data, 1.5) > BACKGROUND_LIMIT
+
+    def prepared(volume, **fields):
+        prior = CryoFMPrior(weights="default", **fields)
+        prior.prepare(PrepareContext((32, 32, 32), 1.5, torch.device("cpu"), volume, []))
+        return prior
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)
-        check_density(density, 1.5)  # a density, clean or noisy: no warning
-        check_density(noisy, 1.5)
-    # the same map with its mean removed: as much negative as positive mass
-    assert negative_mass_ratio(density - density.mean(), 1.5) == pytest.approx(1.0, abs=1e-6)
-    with pytest.warns(InputWarning, match="not a non-negative density"):
-        check_density(density - density.mean(), 1.5)
-    with pytest.warns(InputWarning, match="invert"):  # dark density
-        check_density(-density, 1.5)
-    # an estimate that keeps little of its observation at 30 A (mostly noise there: empty ice) is not judged
-    noise = torch.randn(density.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InputWarning)
-        check_density(0.3 * noise, 1.5, observation=noise)
-    with pytest.warns(InputWarning):
-        check_density(density - density.mean(), 1.5, observation=density - density.mean() + 0.1 * noise)
+        prepared(density)
+        shifted = prepared(raised, background="mean")  # the map's mean taken out: no warning
+    with pytest.warns(InputWarning, match="solvent is not at zero.*background"):
+        prepared(raised)
+    assert shifted.density_background == pytest.approx(float(raised.data.double().mean()), rel=1e-6)
+    assert shifted.density_scale == percentile_scale(raised.data - shifted.density_background, 99.999)
 
 
 # -- noise on the measured coefficients: odd/even tomograms, background cubes --------------------------

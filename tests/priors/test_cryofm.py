@@ -115,6 +115,39 @@ def test_normalisation_cryofm1(weights):
     assert CryoFMPrior(weights=weights, scale=3.0).denormalize(torch.zeros(1)).item() == pytest.approx(0.12)
 
 
+def test_a_background_is_taken_out_and_put_back(weights):
+    """background b: z = (max(x - b, 0) / s - 0.04) / 0.09 with s the percentile of x - b, and x = (0.09 z + 0.04) s + b;
+    a map raised by c with background = c restores as the map itself, raised by c."""
+    from cryoinverse.operators.spectral_noise import SpectralNoise
+    from cryoinverse.runner import execute
+    from cryoinverse.samplers.flow_posterior_euler import FlowPosteriorEuler
+    from cryoinverse.specs import TaskSpec
+
+    density = blob_density(N, seed=1)
+    c = 0.7
+    prior = CryoFMPrior(weights=weights, background=c)
+    raised = density.data + c
+    prior.prepare(PrepareContext(shape=(N, N, N), voxel_size=2.0, device=torch.device("cpu"), observation=density.with_data(raised)))
+    s = prior.density_scale
+    assert s == percentile_scale(density.data, 99.999)
+    z = prior.normalize(raised)
+    torch.testing.assert_close(z, (density.data.clamp(min=0) / s - 0.04) / 0.09)
+    torch.testing.assert_close(prior.denormalize(z), raised.clamp(min=c), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="background: must be a density"):
+        CryoFMPrior(weights=weights, background="median")
+
+    g = torch.Generator().manual_seed(0)
+    noisy = density.data + 0.05 * torch.randn(density.shape, generator=g)
+    def restored(data, background):  # the shipped prior: a random network amplifies float rounding chaotically
+        spec = TaskSpec(prior=CryoFMPrior(weights="default", background=background), operators=[SpectralNoise(noise_variance=0.0025)],
+                        sampler=FlowPosteriorEuler(steps=3), device="cpu", seed=0)
+        return execute(spec, observation=density.with_data(data)).volume.data
+    plain = restored(noisy, 0.0)
+    torch.testing.assert_close(restored(noisy + c, c), plain + c, rtol=0, atol=2e-4)
+    # with "mean" the result does not depend on the level the map sits at
+    torch.testing.assert_close(restored(noisy + c, "mean") - c, restored(noisy + 2.0, "mean") - 2.0, rtol=0, atol=2e-4)
+
+
 def test_percentile_is_nearest_rank_of_the_clipped_map():
     values = torch.arange(64**3, dtype=torch.float32).reshape(64, 64, 64) - 10.0
     # ceil(262144 x 0.99999) = 262142nd smallest value = 262141 - 10
