@@ -82,8 +82,8 @@ SHIPPED = {"default": DEFAULT_WEIGHTS, "tomo": TOMO_WEIGHTS}
 AUTO_TOMO_FROM = 3.9  # A/voxel: sqrt(1.5 * 10)
 # The background check of `prepare`: seen at CHECK_RESOLUTION A, a map whose solvent is at zero
 # reaches zero or below somewhere (real and simulated maps here: at most 0.03 of the highest value);
-# a tomogram rescaled to 0-255 stays near 0.4 of its highest. Above BACKGROUND_LIMIT, with
-# `background = 0`, `prepare` warns. On simulated crowded tomogram crops a background at 0.4 of the
+# a tomogram rescaled to 0-255 stays near 0.4 of its highest. Above BACKGROUND_LIMIT (the map minus
+# its `background`), `prepare` warns. On simulated crowded tomogram crops a background at 0.4 of the
 # peak cost the tomogram prior 0.15 AUC-FSC (below its input), and subtracting the mean gave it back.
 CHECK_RESOLUTION = 30.0
 BACKGROUND_LIMIT = 0.1
@@ -384,7 +384,7 @@ def background_floor(data: torch.Tensor, voxel_size: float | None, resolution: f
 
 
 def _background_value(instance, attribute, value) -> None:
-    if value != "mean" and not (isinstance(value, (int, float)) and math.isfinite(value)):
+    if value != "mean" and (isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value))):
         raise ValueError(f"{attribute.name}: must be a density (a number) or 'mean'; got {value!r}")
 
 
