@@ -12,12 +12,13 @@ sampler, the samples, and with half maps the checks that need no reference (`che
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import attrs
 import numpy as np
@@ -151,11 +152,9 @@ def execute(
 
     spec = resolve_sampler(spec, likelihood)
     t1 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InputWarning)
+    with _input_warnings() as warnings_:
         maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
     timings["sample_s"] = time.perf_counter() - t1
-    warnings_: list[str] = _input_warnings(caught)
     if by_sampler:
         found, warnings_ = _poses_from_sampler(spec, unknown)
         if spec.inputs.initial_map is not None:
@@ -178,10 +177,8 @@ def execute(
     halves = _halves_of(spec) if spec.check_halves else None
     if halves is not None and observation is not None:
         t2 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", InputWarning)
+        with _input_warnings():  # dropped: the halves are noisier copies of the map the components already checked
             report["half_maps"], half_warnings = check_half_maps(spec, halves, observation, mean, shape, voxel_size, device, progress)
-        _input_warnings(caught)  # the halves are noisier copies of the map the components already checked
         warnings_ += half_warnings
         timings["half_maps_s"] = time.perf_counter() - t2
     warnings_ += _absurd(mean, observation)
@@ -381,16 +378,19 @@ def check_half_maps(
     return report, warnings_
 
 
-def _input_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    """The texts of the InputWarnings caught, once each, for the report (which the CLI prints);
-    every other warning caught is shown as it would have been."""
+@contextlib.contextmanager
+def _input_warnings() -> Iterator[list[str]]:
+    """Collect the texts of the InputWarnings raised inside, once each, into the list it yields (for
+    the report, which the CLI prints); every other warning is shown as it would have been."""
     found: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        yield found
     for w in caught:
         if not issubclass(w.category, InputWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         elif str(w.message) not in found:
             found.append(str(w.message))
-    return found
 
 
 def _absurd(restored: Volume, observation: Volume | None) -> list[str]:

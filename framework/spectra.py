@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import DataError
-from .fourier import Shape, expand_shells, fftn, frequency_grid, grid_shape, ifftn, n_shells, reference_edge, shell_average, shell_counts, shell_index
+from .fourier import Shape, expand_shells, fftn, grid_shape, ifftn, n_shells, reference_edge, shell_average, shell_counts, shell_index
 
 
 def radial_power(x: torch.Tensor) -> torch.Tensor:
@@ -182,17 +182,23 @@ def wiener_estimate(info: torch.Tensor, stat: torch.Tensor) -> torch.Tensor | No
     return ifftn(s * stat / (1.0 + s * info))
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The map `x` (nz, ny, nx) convolved with a periodic Gaussian of `sigma` voxels, float64:
+    exp(-2 pi^2 sigma^2 k^2) on k in cycles per voxel. It keeps the total (k = 0)."""
+    kz2, ky2, kx2 = _frequency_squared_parts(x.shape[-3:])
+    return ifftn(fftn(x.to(torch.float64)) * torch.exp(-2 * math.pi**2 * sigma**2 * (kz2 + ky2 + kx2)).to(x.device))
+
+
 def low_pass(x: torch.Tensor, voxel_size: float | None, resolution: float) -> torch.Tensor:
     """The map `x` (nz, ny, nx) seen at `resolution` A, float64: a periodic Gaussian low-pass.
 
     exp(-(resolution * k)^2) on frequency k in 1/A: amplitude 1/e at 1/resolution; in real space a
-    Gaussian of sigma = resolution / (pi sqrt 2). It keeps the total (k = 0) and the sign of a
-    non-negative map. Without a voxel size `resolution` is in voxels; it is never less than 4 voxels.
+    Gaussian of sigma = resolution / (pi sqrt 2) (`gaussian_blur`). It keeps the total (k = 0) and
+    the sign of a non-negative map. Without a voxel size `resolution` is in voxels; it is never
+    less than 4 voxels.
     """
     edge = max(resolution / voxel_size if voxel_size else resolution, 4.0)
-    kz, ky, kx = frequency_grid(x.shape[-3:])
-    k2 = (kz.square() + ky.square() + kx.square()).to(x.device)
-    return ifftn(fftn(x.to(torch.float64)) * torch.exp(-(edge**2) * k2))
+    return gaussian_blur(x, edge / (math.pi * math.sqrt(2.0)))
 
 
 def _taper(n: int, width: int) -> torch.Tensor:
@@ -265,8 +271,7 @@ def background_noise_power(
         raise DataError(f"background noise: the volume's shortest edge is {min(shape)} voxels; cubes need at least 8")
     if not 0 < fraction <= 1:
         raise ValueError(f"background noise: fraction must be in (0, 1]; got {fraction}")
-    kz2, ky2, kx2 = _frequency_squared_parts(shape)
-    low = ifftn(fftn(x) * torch.exp(-2 * math.pi**2 * smoothing**2 * (kz2 + ky2 + kx2)))
+    low = gaussian_blur(x, smoothing)
     starts = [torch.tensor(_cube_starts(n, c)) for n in shape]
     scores = _cube_variances(low - low.mean(), starts, c).reshape(-1)
     corners = torch.cartesian_prod(*starts).reshape(-1, 3)
