@@ -156,7 +156,8 @@ def execute(
         maps = _sample(spec, likelihood, observation, shape, voxel_size, device, spec.samples, spec.seed, progress, spec.sampler.name, init)
     timings["sample_s"] = time.perf_counter() - t1
     if by_sampler:
-        found, warnings_ = _poses_from_sampler(spec, unknown)
+        found, pose_warnings = _poses_from_sampler(spec, unknown)
+        warnings_ += pose_warnings
         if spec.inputs.initial_map is not None:
             warnings_.append(f"[inputs] initial_map was not used: sampler {spec.sampler.name!r} searches the poses itself")
     like = geometry or observation
